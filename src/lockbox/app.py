@@ -1,0 +1,62 @@
+"""The ASGI application: wires settings, keys, storage and the realtime hub, then mounts each router."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from lockbox.audit.headfile import HeadFile
+from lockbox.clock import Clock, SystemClock
+from lockbox.config import Settings, load_settings
+from lockbox.crypto.keys import keyring_from_file
+from lockbox.db import Database
+from lockbox.db.uow import Runtime
+from lockbox.http import AppState, SecurityHeaders, install_error_handlers
+from lockbox.realtime.hub import Hub
+
+
+def build_database(settings: Settings, *, clock: Clock | None = None, hub: Hub | None = None) -> Database:
+    """The storage and runtime every entry point (server, CLI, tests) shares."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    keyring = keyring_from_file(settings.resolved_key_file)
+    head = HeadFile(settings.audit_head_file, keyring)
+    runtime = Runtime(settings=settings, keyring=keyring, clock=clock or SystemClock(), audit_head=head.write)
+    if hub is not None:
+        runtime.publish = hub.publish
+        runtime.end_sessions = hub.end_sessions
+    return Database(settings.resolved_database_url, runtime, batch_max=settings.commit_batch_max)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None, migrate: bool = True) -> FastAPI:
+    settings = settings or load_settings()
+    hub = Hub()
+    db = build_database(settings, clock=clock, hub=hub)
+    if migrate:
+        db.migrate()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub.bind(asyncio.get_running_loop())
+        yield
+        db.close()
+
+    app = FastAPI(
+        title="Lockbox",
+        version="0.1.0",
+        description="Secure message center for healthcare",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.lockbox = AppState(settings=settings, db=db, hub=hub)
+    install_error_handlers(app)
+    app.add_middleware(SecurityHeaders, hsts=settings.public_url.startswith("https://"))
+
+    from lockbox.routers import mount_all
+
+    mount_all(app)
+    return app

@@ -1,0 +1,57 @@
+"""The ``lockbox`` command: serve, demo, worker, and each domain's operations (directory, audit, keys)."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(help="Lockbox: secure messaging for healthcare.", no_args_is_help=True)
+
+# Domains contribute their own sub-commands from ``<domain>/cli.py`` (a Typer app named ``cli``).
+for _name in ("directory", "audit", "crypto"):
+    try:
+        _module = importlib.import_module(f"lockbox.{_name}.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"lockbox.{_name}.cli":
+            raise
+        continue
+    app.add_typer(_module.cli, name=getattr(_module, "COMMAND", _name))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    tls_cert: str | None = typer.Option(None, help="PEM certificate: serve HTTPS directly."),
+    tls_key: str | None = typer.Option(None, help="PEM private key for --tls-cert."),
+) -> None:
+    """Serve the API, web UI and in-process workers; creates or migrates the database on start."""
+    import uvicorn
+
+    from lockbox.app import create_app
+
+    uvicorn.run(
+        create_app(),
+        host=host,
+        port=port,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        log_level="warning",
+        access_log=False,  # access logs carry URLs and addresses; the audit log is the record
+    )
+
+
+@app.command()
+def demo(
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+) -> None:
+    """Seed a demo clinic, print its logins (usernames, passwords, TOTP secrets) and serve it."""
+    from lockbox.demo import run_demo
+
+    run_demo(host=host, port=port)
+
+
+if __name__ == "__main__":
+    app()

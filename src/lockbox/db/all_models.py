@@ -1,0 +1,28 @@
+"""Every model, imported once so Alembic and create_all see the whole schema."""
+
+from lockbox.access.models import BreakGlassGrant
+from lockbox.audit.models import Alert, AuditCheckpoint, AuditRow
+from lockbox.consent.models import ConsentRecord
+from lockbox.crypto.models import KeyUsage
+from lockbox.db.base import Base
+from lockbox.directory.models import (
+    CareTeam,
+    CareTeamMember,
+    Location,
+    OnCallShift,
+    Organization,
+    Pool,
+    PoolMember,
+)
+from lockbox.identity.models import AuthSession, AuthThrottle, Patient, User
+from lockbox.messaging.models import Attachment, Correspondent, Message, Participant, Thread
+from lockbox.routing.models import RoutingDecision
+
+metadata = Base.metadata
+
+__all__ = [
+    "Alert", "Attachment", "AuditCheckpoint", "AuditRow", "AuthSession", "AuthThrottle", "BreakGlassGrant",
+    "CareTeam", "CareTeamMember", "ConsentRecord", "Correspondent", "KeyUsage", "Location", "Message",
+    "OnCallShift", "Organization", "Participant", "Patient", "Pool", "PoolMember", "RoutingDecision",
+    "Thread", "User", "metadata",
+]

@@ -1,0 +1,245 @@
+"""Engines and the unit of work: reads in a thread pool, writes through one group-committing writer.
+
+SQLite allows one writer at a time and each ``synchronous=FULL`` commit costs an fsync, so
+committing request by request caps a clinic at the disk's fsync rate. The writer thread instead
+runs every pending unit of work in its own SAVEPOINT inside one transaction and commits them
+together: one fsync acknowledges many messages, and a unit that fails rolls back alone. No library
+offers group commit for SQLAlchemy, hence this module. PostgreSQL gets the same path, which also
+serialises the audit hash chain per process without holding a row lock across requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from lockbox.db.uow import Runtime
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+UnitFn = Callable[..., Any]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _sqlite_engine(url: str, *, writer: bool) -> Engine:
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=1 if writer else 8,
+        max_overflow=0 if writer else 8,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below) so SAVEPOINTs behave; pysqlite's implicit BEGIN would not.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged message survives power loss.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, so the audit chain head read under it stays the head.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+@dataclass(eq=False)
+class _Unit:
+    fn: UnitFn
+    kwargs: dict[str, Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class Database:
+    """One per process: owns the engines, the writer thread and the runtime handed to services."""
+
+    def __init__(self, url: str, runtime: Runtime, *, batch_max: int = 256) -> None:
+        self.url = url
+        self.runtime = runtime
+        self.batch_max = batch_max
+        self.dialect = make_url(url).get_backend_name()
+        if self.dialect == "sqlite":
+            db_path = make_url(url).database
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.read_engine = _sqlite_engine(url, writer=False)
+            self.write_engine = _sqlite_engine(url, writer=True)
+        else:
+            self.read_engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            self.write_engine = self.read_engine
+        self._sessions = sessionmaker(bind=self.read_engine, expire_on_commit=False)
+        self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+        self._closed = False
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration."""
+        from alembic import command
+
+        command.upgrade(alembic_config(self.url), "head")
+        self._tighten_file_modes()
+
+    def _tighten_file_modes(self) -> None:
+        if self.dialect != "sqlite":
+            return
+        db_path = make_url(self.url).database
+        if not db_path:
+            return
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(db_path + suffix)
+            if p.exists():
+                os.chmod(p, 0o600)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def read_sync(self, fn: Callable[..., T], **kwargs: Any) -> T:
+        with self._sessions() as session:
+            session.info["runtime"] = self.runtime
+            try:
+                result = fn(session, **kwargs)
+                if session.new or session.dirty or session.deleted or session.info.get("audit"):
+                    raise RuntimeError(f"{fn.__qualname__} changed data inside a read")
+                return result
+            finally:
+                session.rollback()
+
+    async def read(self, fn: Callable[..., T], **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(lambda: self.read_sync(fn, **kwargs))
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], **kwargs: Any) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("database is closed")
+        unit = _Unit(fn, kwargs)
+        self._ensure_writer()
+        self._queue.put(unit)
+        return unit.future
+
+    def write_sync(self, fn: Callable[..., T], **kwargs: Any) -> T:
+        """Run ``fn(session, **kwargs)`` in a committed unit of work; returns once it is durable."""
+        return self.submit(fn, **kwargs).result()
+
+    async def write(self, fn: Callable[..., T], **kwargs: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, **kwargs))
+
+    def _ensure_writer(self) -> None:
+        if self._writer is not None:
+            return
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._writer_loop, name="lockbox-writer", daemon=True)
+                self._writer.start()
+
+    def _writer_loop(self) -> None:
+        conn: Connection | None = None
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while len(batch) < self.batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                if conn is None or conn.closed or conn.invalidated:
+                    conn = self.write_engine.connect()
+                self._run_batch(conn, batch)
+            except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
+                log.error("commit failed for a batch of %d units: %s", len(batch), type(exc).__name__)
+                for unit in batch:
+                    if not unit.future.done():
+                        unit.future.set_exception(exc)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if stop:
+                break
+        if conn is not None:
+            conn.close()
+
+    def _run_batch(self, conn: Connection, batch: list[_Unit]) -> None:
+        from lockbox.audit.chain import seal
+
+        done: list[tuple[_Unit, Any, list[Callable[[], None]]]] = []
+        audit_entries: list[Any] = []
+        head: tuple[int, str] | None = None
+        with conn.begin():
+            for unit in batch:
+                session = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
+                session.info["runtime"] = self.runtime
+                try:
+                    result = unit.fn(session, **unit.kwargs)
+                    session.commit()
+                except BaseException as exc:
+                    session.rollback()
+                    unit.future.set_exception(exc)
+                    continue
+                finally:
+                    session.close()
+                audit_entries.extend(session.info.get("audit", ()))
+                done.append((unit, result, session.info.get("after_commit", [])))
+            if audit_entries:
+                head = seal(conn, audit_entries, self.runtime)
+        if head is not None:
+            self.runtime.audit_head(*head)
+        for unit, result, _ in done:
+            unit.future.set_result(result)
+        for _, _, callbacks in done:
+            for cb in callbacks:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("after-commit callback failed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join(timeout=30)
+        self.read_engine.dispose()
+        if self.write_engine is not self.read_engine:
+            self.write_engine.dispose()
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    return cfg

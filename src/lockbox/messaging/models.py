@@ -39,6 +39,9 @@ class Participant(Base):
 
     thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    # member: takes part (and so may read); observer: read it through a pool, care team or break-glass,
+    # which leaves receipts but grants nothing once that relationship ends.
+    kind: Mapped[str] = mapped_column(String(16), default="member")
     joined_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_delivered_seq: Mapped[int] = mapped_column(Integer, default=0)
     last_read_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -52,7 +55,8 @@ class Message(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     thread_id: Mapped[str] = mapped_column(ForeignKey("threads.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
-    sender_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    # None: written by the clinic itself (an automatic reply), not by a person.
+    sender_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     kind: Mapped[str] = mapped_column(String(16), default="message")  # message | auto_reply
     body_sealed: Mapped[bytes] = mapped_column(LargeBinary)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 00:47:09.963019
+Create Date: 2026-11-26 00:52:06.085790
 """
 
 from collections.abc import Sequence
@@ -330,7 +330,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("thread_id", sa.String(length=32), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("sender_id", sa.String(length=32), nullable=False),
+        sa.Column("sender_id", sa.String(length=32), nullable=True),
         sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("body_sealed", sa.LargeBinary(), nullable=False),
@@ -345,6 +345,7 @@ def upgrade() -> None:
         "thread_participants",
         sa.Column("thread_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("joined_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_delivered_seq", sa.Integer(), nullable=False),
         sa.Column("last_read_seq", sa.Integer(), nullable=False),

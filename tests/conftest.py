@@ -22,6 +22,8 @@ from lockbox.config import Settings
 from lockbox.db import Database
 from lockbox.db.all_models import metadata
 
+pytest_plugins = ["tests.clinic"]
+
 PG_ADMIN_DSN = os.environ.get("LOCKBOX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockbox.access.actor import Actor
 from lockbox.config import Settings
+from lockbox.crypto.exceptions import CryptoError
 from lockbox.db import Database
 from lockbox.errors import LockboxError, Throttled, Unauthenticated
 from lockbox.identity import sessions
@@ -32,7 +33,7 @@ class AppState:
 
 
 def state(request: Request) -> AppState:
-    return request.app.state.lockbox  # type: ignore[no-any-return]
+    return request.app.state.lockbox
 
 
 def database(request: Request) -> Database:
@@ -102,6 +103,14 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = "Not found." if exc.status_code == 404 else str(exc.detail)
         return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(CryptoError)
+    async def _crypto(request: Request, exc: CryptoError) -> JSONResponse:
+        # Tampered or moved ciphertext: refuse to show it, and say so without saying what.
+        log.error("integrity failure %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return JSONResponse({"error": "integrity_error",
+                             "detail": "This content failed its integrity check and cannot be shown."},
+                            status_code=500)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

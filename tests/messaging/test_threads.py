@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from tests.clinic import Clinic
 from tests.factories import Api
-from tests.messaging.conftest import Clinic
 
 
 def patient_thread(client: TestClient, clinic: Clinic, body: str = "My refill ran out") -> str:

@@ -34,7 +34,7 @@ def runtime_of(session: Session) -> Runtime:
     runtime = session.info.get("runtime")
     if runtime is None:
         raise RuntimeError("session opened outside Database: no runtime attached")
-    return runtime  # type: ignore[no-any-return]
+    return runtime
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

@@ -100,12 +100,9 @@ def create_thread(session: Session, *, actor: Actor, data: schemas.ThreadCreate)
     if recipients.patient is not None:
         member_ids.append(recipients.patient.id)
     member_ids = list(dict.fromkeys(member_ids))
-    if patient_id:
-        kind = "patient"
-    else:
-        kind = "group" if len(member_ids) > 2 else "staff"
+    kind = "patient" if patient_id else ("group" if len(member_ids) > 2 else "staff")
     message_id = new_id()
-    messages = [(message_id, actor.user_id, "message", data.body)]
+    messages: list[tuple[str, str | None, str, str]] = [(message_id, actor.user_id, "message", data.body)]
     if decision.auto_reply:
         messages.append((new_id(), None, "auto_reply", decision.auto_reply))
     thread = Thread(
@@ -278,7 +275,7 @@ def _summaries(session: Session, actor: Actor, threads: list[Thread]) -> list[sc
     if not threads:
         return []
     ids = [t.id for t in threads]
-    read: dict[str, int] = dict(session.execute(  # type: ignore[arg-type]
+    read: dict[str, int] = dict(session.execute(
         select(Participant.thread_id, Participant.last_read_seq)
         .where(Participant.thread_id.in_(ids), Participant.user_id == actor.user_id)).all())
     people = _people(session, {t.patient_id for t in threads if t.patient_id})

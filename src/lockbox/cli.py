@@ -29,15 +29,17 @@ def serve(
     """Serve the API, web UI and in-process workers; creates or migrates the database on start."""
     import uvicorn
 
+    from lockbox import logs
     from lockbox.app import create_app
 
+    logs.configure()
     uvicorn.run(
         create_app(),
         host=host,
         port=port,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
-        log_level="warning",
+        log_config=None,
         access_log=False,  # access logs carry URLs and addresses; the audit log is the record
     )
 

@@ -123,6 +123,8 @@ class SecurityHeaders:
     """Pure ASGI (no BaseHTTPMiddleware: it costs a task per request on the hot path)."""
 
     def __init__(self, app: ASGIApp, *, hsts: bool = False) -> None:
+        # HSTS is sent on every HTTPS response (TLS terminated here) or always when ``hsts`` says the
+        # public URL is HTTPS (TLS terminated by a proxy in front).
         self.app = app
         self.headers: list[tuple[bytes, bytes]] = [
             (b"x-content-type-options", b"nosniff"),
@@ -130,8 +132,9 @@ class SecurityHeaders:
             (b"x-frame-options", b"DENY"),
             (b"cross-origin-opener-policy", b"same-origin"),
         ]
-        if hsts:
-            self.headers.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
+        self.always_hsts = hsts
+        self.hsts = [(b"strict-transport-security", b"max-age=63072000; includeSubDomains")]
+        self.no_store = [(b"cache-control", b"no-store"), (b"pragma", b"no-cache")]
         self.api_headers = [
             # Patient data must not linger in browser or proxy caches.
             (b"cache-control", b"no-store"),
@@ -144,11 +147,15 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         is_api = scope["path"].startswith("/api/")
-        extra = self.headers + (self.api_headers if is_api else [])
+        # Only static assets may be cached; every page and API answer may carry patient data.
+        cacheable = scope["path"].startswith("/static/")
+        extra = self.headers + (self.api_headers if is_api else [] if cacheable else self.no_store)
+        if self.always_hsts or scope.get("scheme") == "https":
+            extra = extra + self.hsts
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", []) if h[0].lower() != b"cache-control" or not is_api]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"cache-control" or cacheable]
                 message["headers"] = headers + extra
             await send(message)
 

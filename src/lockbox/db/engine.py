@@ -119,13 +119,12 @@ class Database:
     def read_sync(self, fn: Callable[..., T], **kwargs: Any) -> T:
         with self._sessions() as session:
             session.info["runtime"] = self.runtime
-            try:
-                result = fn(session, **kwargs)
-                if session.new or session.dirty or session.deleted or session.info.get("audit"):
-                    raise RuntimeError(f"{fn.__qualname__} changed data inside a read")
-                return result
-            finally:
-                session.rollback()
+            result = fn(session, **kwargs)
+            if session.new or session.dirty or session.deleted or session.info.get("audit"):
+                raise RuntimeError(f"{fn.__qualname__} changed data inside a read")
+            # Leaving the block closes the session: its transaction ends without a commit, and
+            # loaded objects stay readable (close does not expire them, rollback would).
+            return result
 
     async def read(self, fn: Callable[..., T], **kwargs: Any) -> T:
         return await anyio.to_thread.run_sync(lambda: self.read_sync(fn, **kwargs))

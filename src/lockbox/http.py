@@ -16,6 +16,7 @@ from lockbox.access.actor import Actor
 from lockbox.config import Settings
 from lockbox.crypto.exceptions import CryptoError
 from lockbox.db import Database
+from lockbox.db.uow import Credentials
 from lockbox.errors import LockboxError, Throttled, Unauthenticated
 from lockbox.identity import sessions
 from lockbox.realtime.hub import Hub
@@ -66,7 +67,16 @@ async def current_actor(request: Request) -> Actor:
     return await resolve_actor(database(request), bearer_token(request), client_addr(request))
 
 
+def caller(request: Request) -> Credentials:
+    """The caller's credentials, resolved inside the unit of work that serves the request."""
+    token = bearer_token(request)
+    if not token or len(token) > 200:
+        raise Unauthenticated()
+    return Credentials(token, client_addr(request))
+
+
 CurrentActor = Annotated[Actor, Depends(current_actor)]
+Caller = Annotated[Credentials, Depends(caller)]
 Db = Annotated[Database, Depends(database)]
 
 

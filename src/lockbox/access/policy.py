@@ -7,13 +7,15 @@ Every user-facing path to a thread goes through ``thread_for_read`` / ``thread_f
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import cache
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, false, or_, select
 from sqlalchemy.orm import Session
 
 from lockbox.access.actor import Actor
 from lockbox.access.models import BreakGlassGrant
 from lockbox.audit.service import raise_alert, record
+from lockbox.db.base import UTCDateTime
 from lockbox.db.uow import runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import Forbidden, InvalidInput, NotFound
@@ -23,60 +25,71 @@ from lockbox.messaging.models import Participant, Thread
 BREAK_GLASS_HOURS = 8
 
 
-def _is_member(actor: Actor) -> ColumnElement[bool]:
-    return exists().where(
-        Participant.thread_id == Thread.id, Participant.user_id == actor.user_id, Participant.kind == "member"
-    )
+UserRef = ColumnElement[str] | str
+TimeRef = ColumnElement[datetime] | datetime
 
 
-def _in_my_pools(actor: Actor) -> ColumnElement[bool]:
-    return exists().where(PoolMember.pool_id == Thread.pool_id, PoolMember.user_id == actor.user_id)
+def _is_member(uid: UserRef) -> ColumnElement[bool]:
+    return exists().where(Participant.thread_id == Thread.id, Participant.user_id == uid, Participant.kind == "member")
 
 
-def _led_by_me(actor: Actor) -> ColumnElement[bool]:
-    return exists().where(Pool.id == Thread.pool_id, Pool.lead_id == actor.user_id)
+def _in_my_pools(uid: UserRef) -> ColumnElement[bool]:
+    return exists().where(PoolMember.pool_id == Thread.pool_id, PoolMember.user_id == uid)
 
 
-def _on_my_care_teams(actor: Actor) -> ColumnElement[bool]:
-    return exists().where(CareTeamMember.care_team_id == Thread.care_team_id, CareTeamMember.user_id == actor.user_id)
+def _led_by_me(uid: UserRef) -> ColumnElement[bool]:
+    return exists().where(Pool.id == Thread.pool_id, Pool.lead_id == uid)
 
 
-def _break_glass(actor: Actor, now: datetime) -> ColumnElement[bool]:
-    return exists().where(
-        BreakGlassGrant.thread_id == Thread.id,
-        BreakGlassGrant.user_id == actor.user_id,
-        BreakGlassGrant.expires_at > now,
-    )
+def _on_my_care_teams(uid: UserRef) -> ColumnElement[bool]:
+    return exists().where(CareTeamMember.care_team_id == Thread.care_team_id, CareTeamMember.user_id == uid)
 
 
-def visible_threads(actor: Actor, now: datetime) -> ColumnElement[bool]:
-    """SQL predicate on ``Thread``: the threads whose content ``actor`` may read."""
-    if actor.role is Role.patient:
-        return Thread.patient_id == actor.user_id
-    if actor.role in CLINICAL_ROLES:
+def _break_glass(uid: UserRef, now: TimeRef) -> ColumnElement[bool]:
+    return exists().where(BreakGlassGrant.thread_id == Thread.id, BreakGlassGrant.user_id == uid,
+                          BreakGlassGrant.expires_at > now)
+
+
+def _visible(role: Role, uid: UserRef, now: TimeRef) -> ColumnElement[bool]:
+    if role is Role.patient:
+        return Thread.patient_id == uid
+    if role in CLINICAL_ROLES:
         return or_(
-            _is_member(actor),
-            Thread.assignee_id == actor.user_id,
-            and_(Thread.pool_id.is_not(None), or_(_in_my_pools(actor), _led_by_me(actor))),
-            and_(Thread.care_team_id.is_not(None), _on_my_care_teams(actor)),
-            _break_glass(actor, now),
+            _is_member(uid),
+            Thread.assignee_id == uid,
+            and_(Thread.pool_id.is_not(None), or_(_in_my_pools(uid), _led_by_me(uid))),
+            and_(Thread.care_team_id.is_not(None), _on_my_care_teams(uid)),
+            _break_glass(uid, now),
         )
-    if actor.role in NON_CLINICAL_STAFF:
+    if role in NON_CLINICAL_STAFF:
         # Front desk and billing see only what was routed to their pools or addressed to them.
         return or_(
-            _is_member(actor),
-            Thread.assignee_id == actor.user_id,
-            and_(Thread.pool_id.is_not(None), or_(_in_my_pools(actor), _led_by_me(actor))),
+            _is_member(uid),
+            Thread.assignee_id == uid,
+            and_(Thread.pool_id.is_not(None), or_(_in_my_pools(uid), _led_by_me(uid))),
         )
     # compliance and admin: metadata and audit only, never content.
     return false()
 
 
-def thread_for_read(session: Session, actor: Actor, thread_id: str, *, lock: bool = False) -> Thread:
+def visible_threads(actor: Actor, now: datetime) -> ColumnElement[bool]:
+    """SQL predicate on ``Thread``: the threads whose content ``actor`` may read."""
+    return _visible(actor.role, actor.user_id, now)
+
+
+@cache
+def _thread_query(role: Role) -> Select[Thread]:
+    # One statement per role, with the caller and the time as parameters: built once, reused on
+    # every request (SQLAlchemy then finds its compiled form in the statement cache).
+    return select(Thread).where(Thread.id == bindparam("thread_id"),
+                                _visible(role, bindparam("uid"), bindparam("now", type_=UTCDateTime())))
+
+
+def thread_for_read(session: Session, actor: Actor, thread_id: str) -> Thread:
     """The thread if ``actor`` may read its content; otherwise NotFound, exactly as if it did not exist."""
     now = runtime_of(session).clock.now()
-    query = select(Thread).where(Thread.id == thread_id, visible_threads(actor, now))
-    thread = session.scalars(query).first()
+    thread = session.scalars(_thread_query(actor.role),
+                             {"thread_id": thread_id, "uid": actor.user_id, "now": now}).first()
     if thread is None:
         raise NotFound()
     return thread

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from lockbox.db.uow import Runtime
+from lockbox.db.uow import Credentials, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,15 @@ class Database:
     def read_sync(self, fn: Callable[..., T], **kwargs: Any) -> T:
         with self._sessions() as session:
             session.info["runtime"] = self.runtime
+            credentials = kwargs.get("actor")
+            if isinstance(credentials, Credentials):
+                from lockbox.identity.sessions import resolve_session, touch_session
+
+                actor, stale = resolve_session(session, token=credentials.token, client_addr=credentials.client_addr)
+                if stale and actor.session_id:
+                    # Activity is not an acknowledged write: no need to wait for it.
+                    self.submit(touch_session, session_id=actor.session_id)
+                kwargs = {**kwargs, "actor": actor}
             result = fn(session, **kwargs)
             if session.new or session.dirty or session.deleted or session.info.get("audit"):
                 raise RuntimeError(f"{fn.__qualname__} changed data inside a read")
@@ -199,7 +208,13 @@ class Database:
                 session = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
                 session.info["runtime"] = self.runtime
                 try:
-                    result = unit.fn(session, **unit.kwargs)
+                    kwargs = unit.kwargs
+                    credentials = kwargs.get("actor")
+                    if isinstance(credentials, Credentials):
+                        from lockbox.identity.sessions import actor_for
+
+                        kwargs = {**kwargs, "actor": actor_for(session, credentials)}
+                    result = unit.fn(session, **kwargs)
                     session.commit()
                 except BaseException as exc:
                     session.rollback()

@@ -30,6 +30,15 @@ class Runtime:
     audit_head: Callable[[int, str], None] = field(default=lambda seq, hash_: None)
 
 
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A caller not yet authenticated: passed as ``actor=`` to ``Database.write``/``read``, it is
+    resolved to an Actor inside the unit itself, so a request costs one trip to the database."""
+
+    token: str
+    client_addr: str | None = None
+
+
 def runtime_of(session: Session) -> Runtime:
     runtime = session.info.get("runtime")
     if runtime is None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from lockbox.access.actor import Actor
-from lockbox.db.uow import end_sessions, runtime_of
+from lockbox.db.uow import Credentials, end_sessions, runtime_of
 from lockbox.errors import Unauthenticated
 from lockbox.identity.models import AuthSession, User
 from lockbox.identity.roles import Role
@@ -55,41 +56,56 @@ def idle_deadline(auth: AuthSession) -> datetime:
     return min(auth.last_seen_at + timedelta(seconds=auth.idle_timeout_s), auth.expires_at)
 
 
+_auth = cast(Table, AuthSession.__table__)
+_users = cast(Table, User.__table__)
+# Built once: this runs on every request, and a prebuilt Core statement skips the ORM's per-call work.
+_RESOLVE = (
+    select(_auth.c.id, _auth.c.ended_at, _auth.c.last_seen_at, _auth.c.expires_at, _auth.c.idle_timeout_s,
+           _users.c.id.label("user_id"), _users.c.username, _users.c.role, _users.c.display_name, _users.c.active)
+    .select_from(_auth.join(_users, _users.c.id == _auth.c.user_id))
+    .where(_auth.c.token_hash == bindparam("token_hash"))
+)
+_TOUCH = (
+    update(_auth)
+    .where(_auth.c.id == bindparam("sid"), _auth.c.ended_at.is_(None), _auth.c.last_seen_at < bindparam("now"))
+    .values(last_seen_at=bindparam("now"))
+)
+
+
 def resolve_session(session: Session, *, token: str, client_addr: str | None = None) -> tuple[Actor, bool]:
     """The actor behind ``token`` and whether its activity should be written back (see touch_session).
 
     Any unknown, ended, idle or expired session is the same Unauthenticated, whatever the cause.
     """
     now = runtime_of(session).clock.now()
-    row = session.execute(
-        select(AuthSession, User)
-        .join(User, User.id == AuthSession.user_id)
-        .where(AuthSession.token_hash == hash_token(token))
-    ).first()
+    row = session.connection().execute(_RESOLVE, {"token_hash": hash_token(token)}).first()
     if row is None:
         raise Unauthenticated()
-    auth, user = row
-    if auth.ended_at is not None or not user.active or now >= idle_deadline(auth):
+    deadline = min(row.last_seen_at + timedelta(seconds=row.idle_timeout_s), row.expires_at)
+    if row.ended_at is not None or not row.active or now >= deadline:
         raise Unauthenticated("Your session has ended. Sign in again.")
     actor = Actor(
-        user_id=user.id,
-        username=user.username,
-        role=Role(user.role),
-        display_name=user.display_name,
-        session_id=auth.id,
+        user_id=row.user_id,
+        username=row.username,
+        role=Role(row.role),
+        display_name=row.display_name,
+        session_id=row.id,
         client_addr=client_addr,
     )
-    stale = (now - auth.last_seen_at).total_seconds() >= min(TOUCH_GRANULARITY_S, auth.idle_timeout_s / 10)
+    stale = (now - row.last_seen_at).total_seconds() >= min(TOUCH_GRANULARITY_S, row.idle_timeout_s / 10)
     return actor, stale
 
 
+def actor_for(session: Session, credentials: Credentials) -> Actor:
+    """Resolve the caller inside a write unit: authentication, activity and the change share one commit."""
+    actor, stale = resolve_session(session, token=credentials.token, client_addr=credentials.client_addr)
+    if stale and actor.session_id:
+        touch_session(session, session_id=actor.session_id)
+    return actor
+
+
 def touch_session(session: Session, *, session_id: str) -> None:
-    now = runtime_of(session).clock.now()
-    session.execute(
-        update(AuthSession)
-        .where(AuthSession.id == session_id, AuthSession.ended_at.is_(None), AuthSession.last_seen_at < now)
-        .values(last_seen_at=now)
-    )
+    session.connection().execute(_TOUCH, {"sid": session_id, "now": runtime_of(session).clock.now()})
 
 
 def end_user_sessions(
@@ -120,3 +136,14 @@ def end_session(session: Session, *, session_id: str, reason: str, wipe: bool = 
         end_sessions(session, [session_id], wipe=wipe)
         return True
     return False
+
+
+def open_sessions(session: Session, *, user_id: str) -> list[AuthSession]:
+    """The user's sessions that would still be accepted now (ended, idle or expired ones are left out)."""
+    now = runtime_of(session).clock.now()
+    rows = session.scalars(
+        select(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.ended_at.is_(None), AuthSession.expires_at > now)
+        .order_by(AuthSession.last_seen_at.desc())
+    )
+    return [auth for auth in rows if now < idle_deadline(auth)]

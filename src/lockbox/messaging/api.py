@@ -7,52 +7,52 @@ from urllib.parse import quote
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from lockbox.errors import PayloadTooLarge
-from lockbox.http import CurrentActor, Db, state
+from lockbox.http import Caller, Db, state
 from lockbox.messaging import schemas, service
 
 router = APIRouter(tags=["messaging"])
 
 
 @router.post("/threads", status_code=201, response_model=schemas.ThreadCreated)
-async def create_thread(data: schemas.ThreadCreate, actor: CurrentActor, db: Db) -> schemas.ThreadCreated:
+async def create_thread(data: schemas.ThreadCreate, actor: Caller, db: Db) -> schemas.ThreadCreated:
     return await db.write(service.create_thread, actor=actor, data=data)
 
 
 @router.get("/threads", response_model=list[schemas.ThreadSummary])
-async def list_threads(actor: CurrentActor, db: Db) -> list[schemas.ThreadSummary]:
+async def list_threads(actor: Caller, db: Db) -> list[schemas.ThreadSummary]:
     return await db.read(service.list_threads, actor=actor)
 
 
 @router.get("/threads/{thread_id}", response_model=schemas.ThreadDetail)
-async def get_thread(thread_id: str, actor: CurrentActor, db: Db) -> schemas.ThreadDetail:
+async def get_thread(thread_id: str, actor: Caller, db: Db) -> schemas.ThreadDetail:
     return await db.write(service.get_thread, actor=actor, thread_id=thread_id)
 
 
 @router.post("/threads/{thread_id}/messages", status_code=201, response_model=schemas.MessageOut)
-async def reply(thread_id: str, data: schemas.MessageCreate, actor: CurrentActor, db: Db) -> schemas.MessageOut:
+async def reply(thread_id: str, data: schemas.MessageCreate, actor: Caller, db: Db) -> schemas.MessageOut:
     return await db.write(service.reply, actor=actor, thread_id=thread_id, body=data.body)
 
 
 @router.post("/threads/{thread_id}/read", status_code=204)
-async def mark_read(thread_id: str, actor: CurrentActor, db: Db) -> Response:
+async def mark_read(thread_id: str, actor: Caller, db: Db) -> Response:
     await db.write(service.mark_read, actor=actor, thread_id=thread_id)
     return Response(status_code=204)
 
 
 @router.post("/threads/{thread_id}/urgent", status_code=204)
-async def set_urgent(thread_id: str, data: schemas.UrgentFlag, actor: CurrentActor, db: Db) -> Response:
+async def set_urgent(thread_id: str, data: schemas.UrgentFlag, actor: Caller, db: Db) -> Response:
     await db.write(service.set_urgent, actor=actor, thread_id=thread_id, urgent=data.urgent)
     return Response(status_code=204)
 
 
 @router.post("/threads/{thread_id}/close", status_code=204)
-async def close_thread(thread_id: str, actor: CurrentActor, db: Db) -> Response:
+async def close_thread(thread_id: str, actor: Caller, db: Db) -> Response:
     await db.write(service.close_thread, actor=actor, thread_id=thread_id)
     return Response(status_code=204)
 
 
 @router.post("/threads/{thread_id}/break-glass", status_code=204)
-async def break_glass(thread_id: str, data: schemas.BreakGlassRequest, actor: CurrentActor, db: Db) -> Response:
+async def break_glass(thread_id: str, data: schemas.BreakGlassRequest, actor: Caller, db: Db) -> Response:
     await db.write(service.break_glass, actor=actor, thread_id=thread_id, reason=data.reason)
     return Response(status_code=204)
 
@@ -60,7 +60,7 @@ async def break_glass(thread_id: str, data: schemas.BreakGlassRequest, actor: Cu
 @router.post("/threads/{thread_id}/attachments", status_code=201, response_model=schemas.MessageOut)
 async def upload_attachment(
     thread_id: str,
-    actor: CurrentActor,
+    actor: Caller,
     db: Db,
     file: UploadFile = File(...),
     body: str | None = Form(default=None, max_length=20_000),
@@ -74,7 +74,7 @@ async def upload_attachment(
 
 
 @router.get("/threads/{thread_id}/attachments/{attachment_id}")
-async def download_attachment(thread_id: str, attachment_id: str, actor: CurrentActor, db: Db) -> Response:
+async def download_attachment(thread_id: str, attachment_id: str, actor: Caller, db: Db) -> Response:
     f = await db.write(service.get_attachment, actor=actor, thread_id=thread_id, attachment_id=attachment_id)
     disposition = "inline" if f.inline_safe else "attachment"
     return Response(
@@ -89,7 +89,7 @@ async def download_attachment(thread_id: str, attachment_id: str, actor: Current
 
 
 @router.get("/pools/{pool_id}/threads", response_model=list[schemas.ThreadSummary])
-async def pool_queue(pool_id: str, actor: CurrentActor, db: Db) -> list[schemas.ThreadSummary]:
+async def pool_queue(pool_id: str, actor: Caller, db: Db) -> list[schemas.ThreadSummary]:
     return await db.read(service.pool_queue, actor=actor, pool_id=pool_id)
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import puremagic
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, union, update
 from sqlalchemy.orm import Session
 
 from lockbox.access import policy
@@ -377,26 +378,47 @@ def reply(session: Session, *, actor: Actor, thread_id: str, body: str) -> schem
     return _append(session, actor, thread, body)
 
 
+_threads = cast(Table, Thread.__table__)
+_messages = cast(Table, Message.__table__)
+_participants = cast(Table, Participant.__table__)
+_pool_members = cast(Table, PoolMember.__table__)
+# The send path's statements, built once (bind names must differ from column names in SET clauses).
+_BUMP = (
+    update(_threads)
+    .where(_threads.c.id == bindparam("b_thread"))
+    .values(message_count=_threads.c.message_count + 1, data_key_uses=_threads.c.data_key_uses + bindparam("b_uses"),
+            last_message_at=bindparam("b_now"), status="open")
+    .returning(_threads.c.message_count, _threads.c.data_key_uses)
+)
+_INSERT_MESSAGE = insert(_messages)
+_MARK_OWN = (
+    update(_participants)
+    .where(_participants.c.thread_id == bindparam("b_thread"), _participants.c.user_id == bindparam("b_user"))
+    .values(kind="member", last_read_seq=bindparam("b_seq"), last_delivered_seq=bindparam("b_seq"),
+            last_read_at=bindparam("b_now"))
+)
+_FOLLOWERS = union(
+    select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("b_thread"),
+                                          _participants.c.kind == "member"),
+    select(_pool_members.c.user_id).where(_pool_members.c.pool_id == bindparam("b_pool")),
+)
+
+
 def _append(session: Session, actor: Actor, thread: Thread, body: str,
             attachment: tuple[str, str, bytes] | None = None) -> schemas.MessageOut:
     rt = runtime_of(session)
+    conn = session.connection()
     now = rt.clock.now()
-    uses = 2 if attachment else 1
     # UPDATE … RETURNING allocates the sequence number under the row lock, whichever process sends.
-    seq, total_uses = session.execute(
-        update(Thread).where(Thread.id == thread.id)
-        .values(message_count=Thread.message_count + 1, data_key_uses=Thread.data_key_uses + uses,
-                last_message_at=now, status="open")
-        .returning(Thread.message_count, Thread.data_key_uses)
-        .execution_options(synchronize_session=False)
-    ).one()
+    bumped = conn.execute(_BUMP, {"b_thread": thread.id, "b_uses": 2 if attachment else 1, "b_now": now}).one()
+    seq, total_uses = int(bumped[0]), int(bumped[1])
     if total_uses >= aead.SEAL_LIMIT:
         raise KeyExhausted("thread data key reached its seal budget")
     cipher = ThreadCipher.open(rt.keyring, thread.id, thread.key_version, thread.data_key_wrapped)
     message_id = new_id()
-    session.execute(insert(Message).values(id=message_id, thread_id=thread.id, seq=seq, sender_id=actor.user_id,
-                                           created_at=now, kind="message",
-                                           body_sealed=cipher.seal_body(message_id, body)))
+    conn.execute(_INSERT_MESSAGE, {"id": message_id, "thread_id": thread.id, "seq": seq, "sender_id": actor.user_id,
+                                   "created_at": now, "kind": "message",
+                                   "body_sealed": cipher.seal_body(message_id, body)})
     attachments: list[schemas.AttachmentOut] = []
     if attachment is not None:
         name, content_type, data = attachment
@@ -409,14 +431,11 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
                                                  size=len(data)))
         record(session, action="messaging.attachment.upload", actor=actor, subject_type="attachment",
                subject_id=att_id, thread_id=thread.id, size=len(data))
-    updated = session.execute(
-        update(Participant).where(Participant.thread_id == thread.id, Participant.user_id == actor.user_id)
-        .values(kind="member", last_read_seq=seq, last_delivered_seq=seq, last_read_at=now)
-        .execution_options(synchronize_session=False))
-    if not updated.rowcount:  # type: ignore[attr-defined]
-        session.execute(insert(Participant).values(thread_id=thread.id, user_id=actor.user_id, kind="member",
-                                                   joined_at=now, last_read_seq=seq, last_delivered_seq=seq,
-                                                   last_read_at=now))
+    updated = conn.execute(_MARK_OWN, {"b_thread": thread.id, "b_user": actor.user_id, "b_seq": seq, "b_now": now})
+    if not updated.rowcount:
+        conn.execute(insert(_participants), {"thread_id": thread.id, "user_id": actor.user_id, "kind": "member",
+                                             "joined_at": now, "last_read_seq": seq, "last_delivered_seq": seq,
+                                             "last_read_at": now})
     if actor.is_patient:
         decision = routing.route_patient_reply(session, thread_id=thread.id, patient_id=actor.user_id, body=body)
         if decision is not None:
@@ -473,10 +492,7 @@ def break_glass(session: Session, *, actor: Actor, thread_id: str, reason: str) 
 
 def _notify(session: Session, thread: Thread, event: dict[str, object]) -> None:
     """Push to everyone who follows the thread: its members, its pool and the assignee."""
-    users = set(session.scalars(select(Participant.user_id).where(Participant.thread_id == thread.id,
-                                                                  Participant.kind == "member")))
-    if thread.pool_id:
-        users |= set(session.scalars(select(PoolMember.user_id).where(PoolMember.pool_id == thread.pool_id)))
+    users = set(session.connection().execute(_FOLLOWERS, {"b_thread": thread.id, "b_pool": thread.pool_id}).scalars())
     if thread.assignee_id:
         users.add(thread.assignee_id)
     publish(session, users, event)

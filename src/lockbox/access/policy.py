@@ -96,8 +96,10 @@ def thread_for_read(session: Session, actor: Actor, thread_id: str) -> Thread:
 
 
 def thread_for_write(session: Session, actor: Actor, thread_id: str) -> Thread:
-    """Replying needs read access and a role that may send (compliance and admin never see content)."""
-    return thread_for_read(session, actor, thread_id)
+    """Writing to a thread needs read access; compliance and admin never have it, so they get 404 too."""
+    thread = thread_for_read(session, actor, thread_id)
+    require_sender(actor)
+    return thread
 
 
 def require_sender(actor: Actor) -> None:

@@ -373,7 +373,6 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
 
 def reply(session: Session, *, actor: Actor, thread_id: str, body: str) -> schemas.MessageOut:
     """Add a message; the sender becomes a member of the thread. The hot path: Core statements only."""
-    policy.require_sender(actor)
     thread = policy.thread_for_write(session, actor, thread_id)
     return _append(session, actor, thread, body)
 
@@ -470,8 +469,8 @@ def mark_read(session: Session, *, actor: Actor, thread_id: str) -> None:
 
 
 def set_urgent(session: Session, *, actor: Actor, thread_id: str, urgent: bool) -> None:
-    policy.require_staff(actor)
     thread = policy.thread_for_write(session, actor, thread_id)
+    policy.require_staff(actor)
     thread.urgent = urgent
     record(session, action="messaging.thread.flag", actor=actor, subject_type="thread", subject_id=thread.id,
            urgent=urgent)
@@ -479,8 +478,8 @@ def set_urgent(session: Session, *, actor: Actor, thread_id: str, urgent: bool) 
 
 
 def close_thread(session: Session, *, actor: Actor, thread_id: str) -> None:
-    policy.require_staff(actor)
     thread = policy.thread_for_write(session, actor, thread_id)
+    policy.require_staff(actor)
     thread.status = "closed"
     record(session, action="messaging.thread.close", actor=actor, subject_type="thread", subject_id=thread.id)
     _notify(session, thread, {"type": "thread_updated", "thread_id": thread.id})
@@ -518,7 +517,6 @@ def sniff_type(data: bytes) -> str | None:
 def add_attachment(session: Session, *, actor: Actor, thread_id: str, filename: str, data: bytes,
                    body: str | None = None) -> schemas.MessageOut:
     """Attach a file as a new message. The type is read from the bytes; names and bytes are sealed."""
-    policy.require_sender(actor)
     thread = policy.thread_for_write(session, actor, thread_id)
     limit = runtime_of(session).settings.max_attachment_bytes
     if len(data) > limit:

@@ -7,13 +7,14 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from lockbox.db.base import Base, UTCDateTime, new_id
+from lockbox.db.base import Base, UTCDateTime
 
 
 class ConsentRecord(Base):
     __tablename__ = "consent_records"
 
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # An increasing id orders records made within the same clock tick.
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     patient_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     scope: Mapped[str] = mapped_column(String(32), default="messaging")  # messaging | email | sms
     status: Mapped[str] = mapped_column(String(16))  # granted | declined | withdrawn

@@ -55,5 +55,17 @@ def demo(
     run_demo(host=host, port=port)
 
 
+def main() -> None:
+    """Entry point: configuration mistakes are reported in one line, not as a traceback."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        fields = ", ".join("LOCKBOX_" + ".".join(str(p) for p in e["loc"]).upper() for e in exc.errors())
+        typer.echo(f"error: invalid configuration: {fields}", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

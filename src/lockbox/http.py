@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,6 +122,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": "integrity_error",
                              "detail": "This content failed its integrity check and cannot be shown."},
                             status_code=500)
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refuses values SQLite takes (a NUL character in any text): bad input, not a bug.
+        log.warning("database refused a value (%s) on %s %s", type(exc.orig).__name__, request.method,
+                    request.url.path)
+        return JSONResponse({"error": "invalid_input", "detail": "The request holds a value that cannot be "
+                             "stored, such as a NUL character."}, status_code=400)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:

@@ -11,12 +11,14 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.orm import Session
 
 from lockbox.audit.models import AuditCheckpoint, AuditRow
+from lockbox.db.uow import runtime_of
 
 if TYPE_CHECKING:
     from lockbox.db.uow import Runtime
@@ -41,10 +43,32 @@ class Entry:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def canonical(seq: int, entry: Entry | AuditRow, prev_hash: str) -> bytes:
+class Chained(Protocol):
+    """What the hash covers: an Entry before it is written, an AuditRow (or plain row) after."""
+
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def actor_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def subject_type(self) -> str | None: ...
+    @property
+    def subject_id(self) -> str | None: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def details(self) -> dict[str, Any]: ...
+
+
+def canonical(seq: int, entry: Chained | Entry | AuditRow, prev_hash: str) -> bytes:
     doc = {
         "seq": seq,
-        "at": entry.at.isoformat(timespec="microseconds"),
+        # In UTC, as the database gives it back: a clock in another zone must not change the hash.
+        "at": entry.at.astimezone(UTC).isoformat(timespec="microseconds"),
         "action": entry.action,
         "actor_id": entry.actor_id,
         "session_id": entry.session_id,
@@ -57,7 +81,7 @@ def canonical(seq: int, entry: Entry | AuditRow, prev_hash: str) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def row_hash(seq: int, entry: Entry | AuditRow, prev_hash: str) -> str:
+def row_hash(seq: int, entry: Chained | Entry | AuditRow, prev_hash: str) -> str:
     return hashlib.sha256(canonical(seq, entry, prev_hash)).hexdigest()
 
 
@@ -108,3 +132,14 @@ def write_checkpoint(conn: Connection, seq: int, hash_: str, runtime: Runtime) -
             insert(AuditCheckpoint),
             {"seq": seq, "hash": hash_, "at": runtime.clock.now(), "key_version": version, "signature": signature},
         )
+
+
+def checkpoint_head(session: Session) -> int | None:
+    """Sign the current head now (at shutdown, before a backup): a later cut below it is then provable
+    from the database alone, even without the head file. Returns the seq signed, if any."""
+    conn = session.connection()
+    head = conn.execute(select(AuditRow.seq, AuditRow.hash).order_by(AuditRow.seq.desc()).limit(1)).first()
+    if head is None:
+        return None
+    write_checkpoint(conn, head.seq, head.hash, runtime_of(session))
+    return int(head.seq)

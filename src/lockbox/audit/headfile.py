@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from lockbox.crypto.exceptions import CryptoError
 from lockbox.crypto.keys import Keyring
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,18 @@ class HeadFile:
         return f"lockbox-audit-head:{seq}:{hash_}".encode()
 
     def write(self, seq: int, hash_: str) -> None:
-        version, mac = self.keyring.mac(PURPOSE, self._message(seq, hash_))
-        line = json.dumps({"seq": seq, "hash": hash_, "key_version": version,
-                           "mac": base64.b64encode(mac).decode()}) + "\n"
+        """Called after commit: it must never raise, or committed units would be reported as failed."""
         try:
+            version, mac = self.keyring.mac(PURPOSE, self._message(seq, hash_))
+            line = json.dumps({"seq": seq, "hash": hash_, "key_version": version,
+                               "mac": base64.b64encode(mac).decode()}) + "\n"
             with self._lock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 try:
                     os.write(fd, line.encode())
                 finally:
                     os.close(fd)
-        except OSError as exc:  # the chain itself is committed; losing one head line is not fatal
+        except Exception as exc:  # the chain itself is committed; losing one head line is not fatal
             log.error("could not write audit head file: %s", type(exc).__name__)
         log.info("audit head seq=%d hash=%s", seq, hash_)
 
@@ -57,15 +59,18 @@ class HeadFile:
         if not self.path.exists():
             return None
         best: Head | None = None
-        for raw in self.path.read_text().splitlines():
-            try:
-                doc = json.loads(raw)
-                seq, hash_ = int(doc["seq"]), str(doc["hash"])
-                _, mac = self.keyring.mac(PURPOSE, self._message(seq, hash_), int(doc["key_version"]))
-                if not hmac.compare_digest(base64.b64decode(doc["mac"]), mac):
+        # Streamed, not read whole: the file grows by a line per commit.
+        with open(self.path, "rb") as fh:
+            for raw in fh:
+                try:
+                    doc = json.loads(raw)
+                    seq, hash_ = int(doc["seq"]), str(doc["hash"])
+                    if best is not None and seq <= best.seq:
+                        continue
+                    _, mac = self.keyring.mac(PURPOSE, self._message(seq, hash_), int(doc["key_version"]))
+                    if not hmac.compare_digest(base64.b64decode(doc["mac"]), mac):
+                        continue
+                except (ValueError, KeyError, TypeError, CryptoError):
                     continue
-            except (ValueError, KeyError, TypeError):
-                continue
-            if best is None or seq > best.seq:
                 best = Head(seq, hash_)
         return best

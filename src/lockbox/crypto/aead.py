@@ -25,12 +25,20 @@ def new_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
+def _check_key(key: bytes) -> None:
+    # AESGCM would accept 128- and 192-bit keys too; a short key here is a bug, never a choice.
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"AES-256-GCM needs a {KEY_BYTES}-byte key, got {len(key)} bytes")
+
+
 def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    _check_key(key)
     nonce = os.urandom(NONCE_BYTES)
     return FORMAT_V1 + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    _check_key(key)
     if len(blob) < 1 + NONCE_BYTES + TAG_BYTES or blob[:1] != FORMAT_V1:
         raise DecryptionFailed("sealed blob is malformed")
     nonce = blob[1 : 1 + NONCE_BYTES]

@@ -7,11 +7,17 @@ cloud KMS implement the same three calls (wrap, unwrap, derive) without the key 
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
+import secrets
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +25,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lockbox.crypto import aead
-from lockbox.crypto.exceptions import KeyFileError
+from lockbox.crypto.exceptions import DecryptionFailed, KeyFileError
+
+log = logging.getLogger(__name__)
 
 
 class KeyProvider(Protocol):
@@ -35,65 +43,127 @@ class KeyProvider(Protocol):
 
 
 class LocalKeyFile:
-    """Versioned key-encryption keys in a local file readable by the service account only."""
+    """Versioned key-encryption keys in a local file readable by the service account only.
+
+    A running server notices when ``lockbox keys rotate`` (another process) rewrites the file, so
+    keys re-wrapped under a new version stay readable without a restart.
+    """
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
+        self._lock = threading.Lock()
         if not path.exists():
             if not create:
                 raise KeyFileError(f"key file {path} does not exist")
             self._create()
-        self._check_mode()
-        try:
-            doc = json.loads(path.read_text())
-            self._active = int(doc["active"])
-            self._keys = {int(v): base64.b64decode(k) for v, k in doc["keys"].items()}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KeyFileError(f"key file {path} is not a Lockbox key file") from exc
-        if self._active not in self._keys or any(len(k) != aead.KEY_BYTES for k in self._keys.values()):
-            raise KeyFileError(f"key file {path} is damaged")
+        active, keys, self._stamp = self._load()
+        self._state: tuple[int, dict[int, bytes]] = (active, keys)
+
+    # -- file -----------------------------------------------------------------------------------
 
     def _create(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        doc = {"active": 1, "keys": {"1": base64.b64encode(aead.new_key()).decode()}}
-        # O_EXCL + 0600 from the first byte: the key is never readable by others, not even briefly.
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = self._write_private({"active": 1, "keys": {"1": base64.b64encode(aead.new_key()).decode()}})
+        try:
+            # link() never replaces: when two processes start at once, one key file wins whole.
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        _fsync_dir(self.path.parent)
+
+    def _write_private(self, doc: dict[str, object]) -> Path:
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
+        # O_EXCL + 0600 from the first byte: the key is never readable by others, not even briefly,
+        # and a stale or planted temporary file is never reused with its own mode.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(doc, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        return tmp
 
-    def _check_mode(self) -> None:
-        mode = stat.S_IMODE(self.path.stat().st_mode)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(f"key file {self.path} is readable by others (mode {mode:o}); chmod 600 it")
+    def _load(self) -> tuple[int, dict[int, bytes], tuple[int, int, int]]:
+        path = self.path
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                mode = stat.S_IMODE(st.st_mode)
+                if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    raise KeyFileError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
+                raw = fh.read()
+        except OSError as exc:
+            raise KeyFileError(f"key file {path} cannot be read: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+            active = int(doc["active"])
+            keys = {int(v): base64.b64decode(k, validate=True) for v, k in doc["keys"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyFileError(f"key file {path} is not a Lockbox key file") from exc
+        if active not in keys or any(len(k) != aead.KEY_BYTES for k in keys.values()):
+            raise KeyFileError(f"key file {path} is damaged")
+        return active, keys, (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            try:
+                active, keys, self._stamp = self._load()
+            except KeyFileError as exc:
+                # Keep serving with the keys in memory; logged once per change of the file.
+                self._stamp = stamp
+                log.error("key file changed but was not reloaded: %s", exc)
+                return
+            self._state = (active, keys)
 
     def add_version(self) -> int:
         """Append a new active key version (rotation); old versions stay to unwrap existing keys."""
-        version = max(self._keys) + 1
-        self._keys[version] = aead.new_key()
-        self._active = version
-        doc = {"active": version, "keys": {str(v): base64.b64encode(k).decode() for v, k in self._keys.items()}}
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        with self._lock, _exclusive(self.path.with_name(self.path.name + ".lock")):
+            # Start from the file, not memory: another process may have added a version since.
+            _, keys, _ = self._load()
+            version = max(keys) + 1
+            keys = {**keys, version: aead.new_key()}
+            tmp = self._write_private(
+                {"active": version, "keys": {str(v): base64.b64encode(k).decode() for v, k in keys.items()}}
+            )
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+            active, keys, self._stamp = self._load()
+            self._state = (active, keys)
         return version
 
+    # -- provider -------------------------------------------------------------------------------
+
     def active_version(self) -> int:
-        return self._active
+        self._refresh()
+        return self._state[0]
+
+    def versions(self) -> list[int]:
+        self._refresh()
+        return sorted(self._state[1])
 
     def _key(self, version: int) -> bytes:
-        try:
-            return self._keys[version]
-        except KeyError:
-            raise KeyFileError(f"key version {version} is not in the key file") from None
+        key = self._state[1].get(version)
+        if key is None:
+            self._refresh()
+            key = self._state[1].get(version)
+        if key is None:
+            raise KeyFileError(f"key version {version} is not in the key file")
+        return key
 
     def wrap(self, data_key: bytes, context: bytes) -> tuple[int, bytes]:
-        return self._active, aead.seal(self._key(self._active), data_key, context)
+        self._refresh()
+        active, keys = self._state
+        return active, aead.seal(keys[active], data_key, context)
 
     def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes:
         return aead.open_sealed(self._key(version), wrapped, context)
@@ -104,11 +174,39 @@ class LocalKeyFile:
         )
 
 
+def _fsync_dir(path: Path) -> None:
+    # The rename or link is durable only once the directory entry is.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Serialise key-file rewrites across processes (two ``keys rotate`` at once must not lose a key)."""
+    fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Keyring:
     """What services use: data keys for threads and small sealed secrets, all through one provider."""
 
     def __init__(self, provider: KeyProvider) -> None:
         self.provider = provider
+        # A version's key never changes, so its subkeys can be kept (one HKDF per purpose, not per call).
+        self._subkeys: dict[tuple[int, str], bytes] = {}
+
+    def _subkey(self, version: int, purpose: str) -> bytes:
+        key = self._subkeys.get((version, purpose))
+        if key is None:
+            key = self._subkeys[(version, purpose)] = self.provider.derive(version, purpose)
+        return key
 
     def new_data_key(self, owner: str) -> tuple[bytes, int, bytes]:
         """A fresh data key for ``owner`` (e.g. ``thread:<id>``), with its wrapped form and KEK version."""
@@ -119,19 +217,36 @@ class Keyring:
     def unwrap_data_key(self, owner: str, version: int, wrapped: bytes) -> bytes:
         return self.provider.unwrap(version, wrapped, aead.aad_for("data-key", owner))
 
+    def rewrap_data_key(self, owner: str, version: int, wrapped: bytes) -> tuple[int, bytes]:
+        """The same data key wrapped under the active KEK (rotation): what it sealed stays readable."""
+        context = aead.aad_for("data-key", owner)
+        return self.provider.wrap(self.provider.unwrap(version, wrapped, context), context)
+
     def seal_secret(self, purpose: str, owner: str, plaintext: bytes) -> bytes:
+        """A small secret (a TOTP seed) sealed under a per-purpose subkey, bound to purpose and owner."""
         version = self.provider.active_version()
-        key = self.provider.derive(version, purpose)
+        key = self._subkey(version, purpose)
         return version.to_bytes(4, "big") + aead.seal(key, plaintext, aead.aad_for(purpose, owner))
 
     def open_secret(self, purpose: str, owner: str, blob: bytes) -> bytes:
+        if len(blob) < 4:
+            raise DecryptionFailed("sealed secret is malformed")
         version = int.from_bytes(blob[:4], "big")
-        key = self.provider.derive(version, purpose)
+        key = self._subkey(version, purpose)
         return aead.open_sealed(key, blob[4:], aead.aad_for(purpose, owner))
 
+    def reseal_secret(self, purpose: str, owner: str, blob: bytes) -> bytes:
+        return self.seal_secret(purpose, owner, self.open_secret(purpose, owner, blob))
+
+    @staticmethod
+    def secret_version(blob: bytes) -> int:
+        """The key version a sealed secret was made with (rotation re-seals older ones)."""
+        return int.from_bytes(blob[:4], "big")
+
     def mac(self, purpose: str, message: bytes, version: int | None = None) -> tuple[int, bytes]:
+        """HMAC-SHA256 under a per-purpose subkey; pass the stored ``version`` to check an old MAC."""
         version = self.provider.active_version() if version is None else version
-        key = self.provider.derive(version, purpose)
+        key = self._subkey(version, purpose)
         return version, hmac.new(key, message, hashlib.sha256).digest()
 
 

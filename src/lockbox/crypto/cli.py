@@ -1,0 +1,92 @@
+"""``lockbox keys …``: rotate the key-encryption key and re-wrap every data key under it."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+COMMAND = "keys"
+EXIT_INCOMPLETE = 1
+EXIT_UNABLE = 2
+
+cli = typer.Typer(help="Key-encryption keys: rotation and usage.", no_args_is_help=True)
+
+
+@cli.callback()
+def _group() -> None:
+    """Key-encryption keys: rotation and usage."""
+
+
+@cli.command("rotate")
+def rotate(batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped per committed batch.")) -> None:
+    """Add a new key version and re-wrap every thread's data key (and TOTP secret) under it.
+
+    Safe to stop and run again: a run that finds rows still on an older version finishes that
+    rotation instead of starting another. Old versions stay in the key file (old audit checkpoints
+    and backups need them). Exit 1 if some keys could not be unwrapped.
+    """
+    from lockbox.app import build_database
+    from lockbox.config import load_settings
+    from lockbox.crypto.exceptions import KeyFileError
+    from lockbox.crypto.keys import LocalKeyFile
+    from lockbox.crypto.service import rotate_keys
+
+    settings = load_settings()
+    if not settings.resolved_key_file.exists():
+        typer.echo(f"error: no key file at {settings.resolved_key_file}", err=True)
+        raise typer.Exit(EXIT_UNABLE)
+    try:
+        db = build_database(settings)
+    except KeyFileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNABLE) from None
+    provider = db.runtime.keyring.provider
+    if not isinstance(provider, LocalKeyFile):
+        typer.echo("error: this key provider rotates its own keys", err=True)
+        raise typer.Exit(EXIT_UNABLE)
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=Console(stderr=True)) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    label = "re-wrapping thread keys" if phase == "threads" else "re-sealing TOTP secrets"
+                    tasks[phase] = bar.add_task(label, total=total)
+                bar.update(tasks[phase], completed=done, total=max(total, done))
+
+            result = rotate_keys(db, provider, progress, batch_size=batch_size)
+    finally:
+        db.close()
+    how = "finished the interrupted rotation to" if result.resumed else "rotated to"
+    typer.echo(f"{how} key version {result.version}: {result.threads} thread keys re-wrapped, "
+               f"{result.secrets} secrets re-sealed")
+    if result.unreadable:
+        typer.echo(f"warning: {len(result.unreadable)} keys could not be unwrapped and stay on their old "
+                   f"version: {' '.join(result.unreadable)}", err=True)
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+@cli.command("status")
+def status() -> None:
+    """The key versions in the key file, the active one, and how many seals each has made."""
+    from lockbox.app import build_database
+    from lockbox.config import load_settings
+    from lockbox.crypto import aead
+    from lockbox.crypto.keys import LocalKeyFile
+    from lockbox.crypto.service import seals
+
+    settings = load_settings()
+    if not settings.resolved_key_file.exists():
+        typer.echo(f"error: no key file at {settings.resolved_key_file}", err=True)
+        raise typer.Exit(EXIT_UNABLE)
+    provider = LocalKeyFile(settings.resolved_key_file, create=False)
+    db = build_database(settings)
+    try:
+        for version in provider.versions():
+            used = db.read_sync(seals, key_version=version)
+            mark = " (active)" if version == provider.active_version() else ""
+            typer.echo(f"key version {version}{mark}: {used} seals, {used / aead.SEAL_LIMIT:.6%} of its budget")
+    finally:
+        db.close()

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lockbox.access.actor import Actor
 from lockbox.config import Settings
-from lockbox.crypto.exceptions import CryptoError
+from lockbox.crypto.exceptions import CryptoError, KeyExhausted
 from lockbox.db import Database
 from lockbox.db.uow import Credentials
 from lockbox.errors import LockboxError, Throttled, Unauthenticated
@@ -114,6 +114,12 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = "Not found." if exc.status_code == 404 else str(exc.detail)
         return JSONResponse({"error": code, "detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(KeyExhausted)
+    async def _exhausted(request: Request, exc: KeyExhausted) -> JSONResponse:
+        log.error("key budget exhausted on %s %s: run `lockbox keys rotate`", request.method, request.url.path)
+        return JSONResponse({"error": "unavailable", "detail": "Sending is paused until the encryption keys are "
+                             "rotated. Your administrator has been told."}, status_code=503)
 
     @app.exception_handler(CryptoError)
     async def _crypto(request: Request, exc: CryptoError) -> JSONResponse:

@@ -226,8 +226,13 @@ class Database:
                 done.append((unit, result, session.info.get("after_commit", [])))
             if audit_entries:
                 head = seal(conn, audit_entries, self.runtime)
+        # Committed: from here on nothing may turn an acknowledged unit into a failure. The head is
+        # recorded first, so whoever is acknowledged can already find it outside the database.
         if head is not None:
-            self.runtime.audit_head(*head)
+            try:
+                self.runtime.audit_head(*head)
+            except Exception:
+                log.exception("could not record the audit head outside the database")
         for unit, result, _ in done:
             unit.future.set_result(result)
         for _, _, callbacks in done:
@@ -240,6 +245,14 @@ class Database:
     def close(self) -> None:
         if self._closed:
             return
+        if self._writer is not None:
+            from lockbox.audit.chain import checkpoint_head
+
+            # Sign the head at shutdown, so a later cut of the tail is provable from the database alone.
+            try:
+                self.write_sync(checkpoint_head)
+            except Exception:
+                log.exception("could not sign the audit head at shutdown")
         self._closed = True
         if self._writer is not None:
             self._queue.put(None)

@@ -30,7 +30,11 @@ def build_database(settings: Settings, *, clock: Clock | None = None, hub: Hub |
     return Database(settings.resolved_database_url, runtime, batch_max=settings.commit_batch_max)
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None, migrate: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, clock: Clock | None = None, migrate: bool = True, workers: int = 1
+) -> FastAPI:
+    """The whole server. ``workers`` in-process job workers run beside it (0 when separate
+    ``lockbox worker`` processes do the background work)."""
     settings = settings or load_settings()
     hub = Hub()
     db = build_database(settings, clock=clock, hub=hub)
@@ -39,8 +43,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None, 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from lockbox.jobs.worker import Worker
+
         hub.bind(asyncio.get_running_loop())
+        running = [Worker(db) for _ in range(workers)]
+        for worker in running:
+            worker.start()
         yield
+        for worker in running:
+            worker.stop()
         db.close()
 
     app = FastAPI(

@@ -45,6 +45,36 @@ def serve(
 
 
 @app.command()
+def worker(
+    count: int = typer.Option(1, help="Worker threads in this process."),
+    poll: float = typer.Option(1.0, help="Seconds between polls when idle."),
+) -> None:
+    """Run background jobs (notifications, escalation timers, EHR filing) until interrupted."""
+    import signal
+    import threading
+
+    from lockbox import logs
+    from lockbox.app import build_database
+    from lockbox.config import load_settings
+    from lockbox.jobs.worker import Worker
+
+    logs.configure()
+    db = build_database(load_settings())
+    db.migrate()
+    workers = [Worker(db, poll_s=poll) for _ in range(count)]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    for w in workers:
+        w.start()
+    typer.echo(f"lockbox worker: {count} running", err=True)
+    stop.wait()
+    for w in workers:
+        w.stop()
+    db.close()
+
+
+@app.command()
 def demo(
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),

@@ -15,6 +15,7 @@ from lockbox.directory.models import (
     PoolMember,
 )
 from lockbox.identity.models import AuthSession, AuthThrottle, Patient, User
+from lockbox.jobs.models import Job
 from lockbox.messaging.models import Attachment, Correspondent, Message, Participant, Thread
 from lockbox.routing.models import RoutingDecision
 
@@ -22,7 +23,7 @@ metadata = Base.metadata
 
 __all__ = [
     "Alert", "Attachment", "AuditCheckpoint", "AuditRow", "AuthSession", "AuthThrottle", "BreakGlassGrant",
-    "CareTeam", "CareTeamMember", "ConsentRecord", "Correspondent", "KeyUsage", "Location", "Message",
+    "CareTeam", "CareTeamMember", "ConsentRecord", "Correspondent", "Job", "KeyUsage", "Location", "Message",
     "OnCallShift", "Organization", "Participant", "Patient", "Pool", "PoolMember", "RoutingDecision",
     "Thread", "User", "metadata",
 ]

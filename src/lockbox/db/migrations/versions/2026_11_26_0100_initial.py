@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 01:08:00.696790
+Create Date: 2026-11-26 01:18:41.937978
 """
 
 from collections.abc import Sequence
@@ -57,6 +57,27 @@ def upgrade() -> None:
         sa.Column("locked_until", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_auth_throttle")),
     )
+    op.create_table(
+        "jobs",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=64), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("dedupe_key", sa.String(length=200), nullable=True),
+        sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("run_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("locked_by", sa.String(length=64), nullable=True),
+        sa.Column("locked_until", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("done_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("failed_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=200), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
+        sa.UniqueConstraint("dedupe_key", name=op.f("uq_jobs_dedupe_key")),
+    )
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.create_index("ix_jobs_due", ["done_at", "failed_at", "run_at"], unique=False)
+
     op.create_table(
         "key_usage",
         sa.Column("key_version", sa.Integer(), autoincrement=False, nullable=False),
@@ -455,6 +476,10 @@ def downgrade() -> None:
     op.drop_table("organizations")
     op.drop_table("locations")
     op.drop_table("key_usage")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_due")
+
+    op.drop_table("jobs")
     op.drop_table("auth_throttle")
     with op.batch_alter_table("audit_log", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_log_at"))

@@ -1,0 +1,1 @@
+"""Durable background jobs: enqueued in the same transaction as the change that needs them."""

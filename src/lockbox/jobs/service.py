@@ -1,0 +1,160 @@
+"""Enqueue, claim, finish and retry jobs. Claims use FOR UPDATE SKIP LOCKED on PostgreSQL, so each
+job runs once however many workers race; on SQLite the single writer serialises claims.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from lockbox.db.uow import after_commit, runtime_of
+from lockbox.jobs.models import Job
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.:@/+-]{0,200}$")
+LEASE_S = 120
+MAX_BACKOFF_S = 3600
+
+
+@dataclass(frozen=True)
+class Handler:
+    """``run(session, payload)`` runs inside a unit of work that also marks the job done, so its
+    database effects happen exactly once. ``external=True`` handlers run outside any transaction
+    (sending mail, calling an EHR) and must be idempotent: a worker that dies mid-run retries."""
+
+    kind: str
+    run: Callable[..., Any]
+    external: bool = False
+
+
+_handlers: dict[str, Handler] = {}
+_wakeups: list[Callable[[], None]] = []
+
+
+def register(kind: str, run: Callable[..., Any], *, external: bool = False) -> None:
+    _handlers[kind] = Handler(kind, run, external)
+
+
+def handler_for(kind: str) -> Handler | None:
+    return _handlers.get(kind)
+
+
+def on_enqueue(callback: Callable[[], None]) -> None:
+    """Workers in this process are woken after a commit that enqueued something."""
+    _wakeups.append(callback)
+
+
+def off_enqueue(callback: Callable[[], None]) -> None:
+    if callback in _wakeups:
+        _wakeups.remove(callback)
+
+
+def _check_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    for key, value in payload.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is None or isinstance(v, bool | int | float):
+                continue
+            if not isinstance(v, str) or not _SAFE.match(v):
+                raise ValueError(f"job payload {key!r} is not an identifier")
+    return payload
+
+
+def enqueue(
+    session: Session,
+    *,
+    kind: str,
+    payload: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    max_attempts: int = 8,
+) -> str | None:
+    """Queue a job in the caller's unit of work; it exists only if that unit commits.
+
+    Returns the job id, or None when a job with ``dedupe_key`` is already queued.
+    """
+    now = runtime_of(session).clock.now()
+    if dedupe_key is not None and session.scalar(select(Job.id).where(Job.dedupe_key == dedupe_key)):
+        return None
+    job = Job(kind=kind, payload=_check_payload(payload or {}), dedupe_key=dedupe_key, created_at=now,
+              run_at=run_at or now, attempts=0, max_attempts=max_attempts)
+    session.add(job)
+    session.flush()
+    for wake in _wakeups:
+        after_commit(session, wake)
+    return job.id
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+def claim(session: Session, *, worker: str, limit: int = 10, kinds: list[str] | None = None) -> list[Claimed]:
+    """Lease up to ``limit`` due jobs to ``worker``. An expired lease (a dead worker) is claimable again."""
+    now = runtime_of(session).clock.now()
+    due = (
+        select(Job.id)
+        .where(Job.done_at.is_(None), Job.failed_at.is_(None), Job.run_at <= now,
+               or_(Job.locked_until.is_(None), Job.locked_until < now))
+        .order_by(Job.run_at, Job.id)
+        .limit(limit)
+    )
+    if kinds is not None:
+        due = due.where(Job.kind.in_(kinds))
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = list(session.scalars(due))
+    if not ids:
+        return []
+    session.execute(
+        update(Job).where(Job.id.in_(ids))
+        .values(locked_by=worker, locked_until=now + timedelta(seconds=LEASE_S), attempts=Job.attempts + 1)
+        .execution_options(synchronize_session=False)
+    )
+    rows = session.execute(select(Job.id, Job.kind, Job.payload, Job.attempts, Job.max_attempts)
+                           .where(Job.id.in_(ids)).order_by(Job.run_at, Job.id))
+    return [Claimed(r.id, r.kind, dict(r.payload or {}), r.attempts, r.max_attempts) for r in rows]
+
+
+def finish(session: Session, *, job_id: str, worker: str) -> bool:
+    """Mark done, if this worker still holds the lease (a job re-leased to another worker is theirs)."""
+    now = runtime_of(session).clock.now()
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.locked_by == worker, Job.done_at.is_(None))
+        .values(done_at=now, locked_until=None).execution_options(synchronize_session=False))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail(session: Session, *, job_id: str, worker: str, error: str) -> None:
+    """Retry later with exponential back-off, or move to the dead letters after ``max_attempts``."""
+    now = runtime_of(session).clock.now()
+    job = session.get(Job, job_id)
+    if job is None or job.locked_by != worker or job.done_at is not None:
+        return
+    job.last_error = error[:200]
+    job.locked_until = None
+    if job.attempts >= job.max_attempts:
+        job.failed_at = now
+    else:
+        job.run_at = now + timedelta(seconds=min(MAX_BACKOFF_S, 2 ** job.attempts))
+
+
+def dead_letters(session: Session, *, limit: int = 100) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.failed_at.is_not(None))
+                                .order_by(Job.failed_at.desc()).limit(limit)))
+
+
+def pending_count(session: Session) -> int:
+    from sqlalchemy import func
+
+    return int(session.scalar(select(func.count()).select_from(Job)
+                              .where(Job.done_at.is_(None), Job.failed_at.is_(None))) or 0)

@@ -38,6 +38,7 @@ from lockbox.messaging import schemas
 from lockbox.messaging.exceptions import UnknownRecipient
 from lockbox.messaging.models import Attachment, Correspondent, Message, Participant, Thread
 from lockbox.messaging.sealing import ThreadCipher
+from lockbox.notify import service as notify
 from lockbox.routing import service as routing
 from lockbox.routing.models import RoutingDecision
 
@@ -150,7 +151,8 @@ def create_thread(session: Session, *, actor: Actor, data: schemas.ThreadCreate)
            message_id=message_id, kind=kind, pool=decision.pool_id, rule=decision.rule)
     record(session, action="messaging.message.send", actor=actor, subject_type="message", subject_id=message_id,
            thread_id=thread_id)
-    _notify(session, thread, {"type": "thread", "thread_id": thread_id, "message_id": message_id, "seq": 1})
+    _notify(session, thread, {"type": "thread", "thread_id": thread_id, "message_id": message_id, "seq": 1},
+            sender_id=actor.user_id)
     return schemas.ThreadCreated(
         id=thread_id,
         message_id=message_id,
@@ -441,7 +443,8 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
             routing.record_decision(session, thread_id=thread.id, message_id=message_id, decision=decision)
     record(session, action="messaging.message.send", actor=actor, subject_type="message", subject_id=message_id,
            thread_id=thread.id)
-    _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq})
+    _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq},
+            sender_id=actor.user_id)
     me = schemas.Person(id=actor.user_id, username=actor.username, display_name=actor.display_name,
                         role=actor.role.value)
     return schemas.MessageOut(id=message_id, seq=seq, sender=me, created_at=now, kind="message", body=body,
@@ -489,12 +492,17 @@ def break_glass(session: Session, *, actor: Actor, thread_id: str, reason: str) 
     policy.break_glass(session, actor, thread_id, reason)
 
 
-def _notify(session: Session, thread: Thread, event: dict[str, object]) -> None:
-    """Push to everyone who follows the thread: its members, its pool and the assignee."""
+def _notify(session: Session, thread: Thread, event: dict[str, object], *, sender_id: str | None = None) -> None:
+    """Push to everyone who follows the thread: its members, its pool and the assignee; a new message
+    also goes to the notify domain for those who are not looking."""
     users = set(session.connection().execute(_FOLLOWERS, {"b_thread": thread.id, "b_pool": thread.pool_id}).scalars())
     if thread.assignee_id:
         users.add(thread.assignee_id)
     publish(session, users, event)
+    message_id = event.get("message_id")
+    if isinstance(message_id, str):
+        notify.message_sent(session, thread_id=thread.id, message_id=message_id, sender_id=sender_id,
+                            recipient_ids=sorted(users - {sender_id}))
 
 
 # -- attachments ---------------------------------------------------------------------------------

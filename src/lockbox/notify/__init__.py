@@ -1,0 +1,1 @@
+"""Notifications that carry no health information."""

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +26,23 @@ from lockbox.realtime.hub import Hub
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "lockbox_session"
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns; some carry extra fields (``recipients`` for confirm_recipients)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    detail: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in [(400, "Bad input"), (401, "Not signed in"), (403, "Not allowed for this role"),
+                         (404, "Not found, or not yours to see"), (409, "Conflict"),
+                         (422, "Invalid payload"), (429, "Throttled")]
+}
 
 
 @dataclass

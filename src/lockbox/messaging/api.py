@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
+from pydantic import BaseModel
 
 from lockbox.errors import PayloadTooLarge
 from lockbox.http import Caller, Db, state
@@ -13,9 +14,14 @@ from lockbox.messaging import schemas, service
 router = APIRouter(tags=["messaging"])
 
 
+def _json(model: BaseModel, status: int = 200) -> Response:
+    # The service built a validated model already; FastAPI would validate it a second time.
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
+
+
 @router.post("/threads", status_code=201, response_model=schemas.ThreadCreated)
-async def create_thread(data: schemas.ThreadCreate, actor: Caller, db: Db) -> schemas.ThreadCreated:
-    return await db.write(service.create_thread, actor=actor, data=data)
+async def create_thread(data: schemas.ThreadCreate, actor: Caller, db: Db) -> Response:
+    return _json(await db.write(service.create_thread, actor=actor, data=data), 201)
 
 
 @router.get("/threads", response_model=list[schemas.ThreadSummary])
@@ -29,8 +35,8 @@ async def get_thread(thread_id: str, actor: Caller, db: Db) -> schemas.ThreadDet
 
 
 @router.post("/threads/{thread_id}/messages", status_code=201, response_model=schemas.MessageOut)
-async def reply(thread_id: str, data: schemas.MessageCreate, actor: Caller, db: Db) -> schemas.MessageOut:
-    return await db.write(service.reply, actor=actor, thread_id=thread_id, body=data.body)
+async def reply(thread_id: str, data: schemas.MessageCreate, actor: Caller, db: Db) -> Response:
+    return _json(await db.write(service.reply, actor=actor, thread_id=thread_id, body=data.body), 201)
 
 
 @router.post("/threads/{thread_id}/read", status_code=204)
@@ -73,7 +79,11 @@ async def upload_attachment(
                           filename=file.filename or "attachment", data=data, body=body)
 
 
-@router.get("/threads/{thread_id}/attachments/{attachment_id}")
+@router.get(
+    "/threads/{thread_id}/attachments/{attachment_id}",
+    response_class=Response,
+    responses={200: {"content": {t: {} for t in sorted(service.ALLOWED_TYPES)}, "description": "The file"}},
+)
 async def download_attachment(thread_id: str, attachment_id: str, actor: Caller, db: Db) -> Response:
     f = await db.write(service.get_attachment, actor=actor, thread_id=thread_id, attachment_id=attachment_id)
     disposition = "inline" if f.inline_safe else "attachment"

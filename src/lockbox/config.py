@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     commit_batch_max: int = Field(default=256, ge=1)
     # Signed audit checkpoint every N rows (and at shutdown).
     audit_checkpoint_every: int = Field(default=1000, ge=1)
+    # Notifications (PHI-free). Email goes over SMTP when smtp_host is set, else to the file provider.
+    notify_from: str = "no-reply@lockbox.invalid"
+    smtp_timeout_s: float = Field(default=30, gt=0, le=300)
+    # SMS and pager: "file" appends JSON lines to <data_dir>/notifications.jsonl (demo), "webhook" POSTs
+    # JSON to the URL with the shared secret in X-Lockbox-Secret, "none" turns the channel off.
+    sms_provider: Literal["none", "file", "webhook"] = "file"
+    sms_webhook_url: str | None = None
+    pager_provider: Literal["none", "file", "webhook"] = "file"
+    pager_webhook_url: str | None = None
+    notify_webhook_secret: str | None = None
+    notify_max_attempts: int = Field(default=6, ge=1, le=30)
+    # Where routing reads patient context (PCP, care team, conditions): "directory", or a provider
+    # another domain registers (the FHIR integration).
+    routing_context: str = "directory"
 
     @classmethod
     def settings_customise_sources(

@@ -6,9 +6,12 @@ import importlib
 
 from fastapi import FastAPI
 
+from lockbox.http import ERROR_RESPONSES
+
 API_PREFIX = "/api/v1"
 # Domains with an api.py; each exposes ``router``.
-DOMAINS = ["identity", "messaging", "realtime", "audit", "directory", "access", "system"]
+DOMAINS = ["identity", "messaging", "realtime", "audit", "directory", "access", "system", "consent", "notify",
+           "routing"]
 
 
 def mount_all(app: FastAPI) -> None:
@@ -19,4 +22,4 @@ def mount_all(app: FastAPI) -> None:
             if exc.name == f"lockbox.{name}.api":
                 continue
             raise
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)

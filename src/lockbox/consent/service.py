@@ -1,16 +1,37 @@
-"""Consent to secure messaging: record, look up, and the one check every staff-initiated path calls."""
+"""Consent: the append-only record per scope, and the one place that decides whether Lockbox may reach a
+patient. Messaging calls ``require_messaging_consent``; notify calls ``allows_notification``.
+
+Scopes: ``messaging`` (secure messaging itself), ``email`` and ``sms`` (notifications on that channel).
+A channel without a record of its own follows the messaging consent, so a patient who agreed to secure
+messaging gets notifications until they opt out of a channel; without messaging consent no channel is used.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from lockbox.audit.service import record
+from lockbox.consent import schemas
+from lockbox.consent.exceptions import NothingToWithdraw
 from lockbox.consent.models import ConsentRecord
 from lockbox.db.uow import runtime_of
-from lockbox.errors import ConsentRequired
+from lockbox.directory.models import CareTeamMember
+from lockbox.errors import ConsentRequired, NotFound
+from lockbox.identity.models import Patient, User
+from lockbox.identity.roles import CLINICAL_ROLES, NO_CONTENT_ROLES, Role
+from lockbox.messaging.models import Participant, Thread
+
+if TYPE_CHECKING:
+    from lockbox.access.actor import Actor
 
 STATUSES = ("granted", "declined", "withdrawn")
+SCOPES = ("messaging", "email", "sms")
+METHODS = ("portal", "staff", "directory")
+# Notification channels that need the patient's consent, and the scope that holds it.
+CHANNEL_SCOPES = {"email": "email", "sms": "sms"}
 
 
 def current(session: Session, *, patient_id: str, scope: str = "messaging") -> ConsentRecord | None:
@@ -31,15 +52,22 @@ def record_consent(
     method: str,
     recorded_by: str | None,
     scope: str = "messaging",
+    actor: Actor | None = None,
 ) -> ConsentRecord:
+    """Append a record (history is never rewritten); the newest record per scope is in force."""
     if status not in STATUSES:
         raise ValueError(f"unknown consent status {status!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"unknown consent scope {scope!r}")
+    if method not in METHODS:
+        raise ValueError(f"unknown consent method {method!r}")
     rec = ConsentRecord(patient_id=patient_id, scope=scope, status=status, terms_version=terms_version,
                         method=method, recorded_by=recorded_by, recorded_at=runtime_of(session).clock.now())
     session.add(rec)
     session.flush()
-    record(session, action="consent.record.change", actor_id=recorded_by, subject_type="patient",
-           subject_id=patient_id, status=status, scope=scope, terms_version=terms_version, method=method)
+    record(session, action="consent.record.change", actor=actor, actor_id=recorded_by, subject_type="patient",
+           subject_id=patient_id, status=status, scope=scope, terms_version=terms_version, method=method,
+           record_id=rec.id)
     return rec
 
 
@@ -48,7 +76,142 @@ def has_consent(session: Session, *, patient_id: str, scope: str = "messaging") 
     return rec is not None and rec.status == "granted"
 
 
+def allows(session: Session, *, patient_id: str, scope: str) -> bool:
+    """Whether Lockbox may use ``scope`` for this patient now (see the module docstring)."""
+    if not has_consent(session, patient_id=patient_id):
+        return False
+    if scope == "messaging":
+        return True
+    rec = current(session, patient_id=patient_id, scope=scope)
+    return rec is None or rec.status == "granted"
+
+
+def allows_notification(session: Session, *, user_id: str, channel: str) -> bool:
+    """The check every notification passes, when queued and again when sent. Staff have no consent to
+    give; a patient is reached only on a channel they have not opted out of (and never by pager)."""
+    patient = session.get(Patient, user_id)
+    if patient is None:
+        return True
+    scope = CHANNEL_SCOPES.get(channel)
+    return scope is not None and allows(session, patient_id=user_id, scope=scope)
+
+
 def require_messaging_consent(session: Session, *, patient_id: str) -> None:
     """Staff may not start a thread with a patient who declined, withdrew or never consented."""
     if not has_consent(session, patient_id=patient_id):
         raise ConsentRequired()
+
+
+# -- the API's services ----------------------------------------------------------------------------
+
+
+def _find_patient(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username, User.role == Role.patient))
+    if user is None:
+        raise NotFound()
+    return user
+
+
+def _cares_for(session: Session, actor: Actor, patient_id: str) -> bool:
+    patient = session.get(Patient, patient_id)
+    if patient is None:
+        return False
+    if patient.pcp_id == actor.user_id:
+        return True
+    if patient.care_team_id is not None and session.scalar(select(exists().where(
+            CareTeamMember.care_team_id == patient.care_team_id, CareTeamMember.user_id == actor.user_id))):
+        return True
+    return bool(session.scalar(select(exists().where(
+        Thread.patient_id == patient_id, Participant.thread_id == Thread.id,
+        Participant.user_id == actor.user_id, Participant.kind == "member"))))
+
+
+def _patient_for_staff(session: Session, actor: Actor, username: str, *, write: bool) -> User:
+    """Clinicians who care for the patient (PCP, care team, a thread together) and the front desk, which
+    takes paper consent forms at check-in, may record; compliance and admin may also read the record
+    (metadata, never content). Anyone else finds no such patient."""
+    if actor.is_patient:
+        raise NotFound()
+    patient = _find_patient(session, username)
+    if actor.role == Role.scheduler:
+        return patient
+    if actor.role in CLINICAL_ROLES and _cares_for(session, actor, patient.id):
+        return patient
+    if not write and actor.role in NO_CONTENT_ROLES:
+        return patient
+    raise NotFound()
+
+
+def _records(session: Session, patient_id: str) -> list[ConsentRecord]:
+    return list(session.scalars(select(ConsentRecord).where(ConsentRecord.patient_id == patient_id)
+                                .order_by(ConsentRecord.recorded_at.desc(), ConsentRecord.id.desc())))
+
+
+def _overview(session: Session, patient: User) -> schemas.ConsentOverview:
+    rows = _records(session, patient.id)
+    ids = {r.recorded_by for r in rows if r.recorded_by}
+    names = {uid: name for uid, name in session.execute(select(User.id, User.username).where(User.id.in_(ids)))}
+
+    def out(r: ConsentRecord) -> schemas.ConsentRecordOut:
+        return schemas.ConsentRecordOut(id=r.id, scope=r.scope, status=r.status, terms_version=r.terms_version,
+                                        method=r.method, recorded_by=names.get(r.recorded_by or ""),
+                                        recorded_at=r.recorded_at)
+
+    states = []
+    for scope in SCOPES:
+        newest = next((r for r in rows if r.scope == scope), None)
+        states.append(schemas.ConsentState(
+            scope=scope, status=newest.status if newest else "none",
+            effective=allows(session, patient_id=patient.id, scope=scope),
+            record=out(newest) if newest else None))
+    return schemas.ConsentOverview(patient=patient.username, current=states, history=[out(r) for r in rows])
+
+
+def _change(session: Session, actor: Actor, patient: User, data: schemas.ConsentChange, method: str) -> None:
+    if data.status == "withdrawn" and not allows(session, patient_id=patient.id, scope=data.scope):
+        raise NothingToWithdraw()
+    record_consent(session, patient_id=patient.id, status=data.status, terms_version=data.terms_version,
+                   method=method, recorded_by=actor.user_id, scope=data.scope, actor=actor)
+
+
+def my_consent(session: Session, *, actor: Actor) -> schemas.ConsentOverview:
+    if not actor.is_patient:
+        raise NotFound()
+    return _overview(session, _find_patient(session, actor.username))
+
+
+def change_my_consent(session: Session, *, actor: Actor, data: schemas.ConsentChange) -> schemas.ConsentOverview:
+    """The patient's own grant, decline or withdrawal in the portal."""
+    if not actor.is_patient:
+        raise NotFound()
+    patient = _find_patient(session, actor.username)
+    _change(session, actor, patient, data, "portal")
+    return _overview(session, patient)
+
+
+def patient_consent(session: Session, *, actor: Actor, username: str) -> schemas.ConsentOverview:
+    patient = _patient_for_staff(session, actor, username, write=False)
+    record(session, action="consent.record.view", actor=actor, subject_type="patient", subject_id=patient.id)
+    return _overview(session, patient)
+
+
+def change_patient_consent(session: Session, *, actor: Actor, username: str,
+                           data: schemas.ConsentChange) -> schemas.ConsentOverview:
+    """Staff recording the patient's decision on their behalf (a signed form, a phone call)."""
+    patient = _patient_for_staff(session, actor, username, write=True)
+    _change(session, actor, patient, data, "staff")
+    return _overview(session, patient)
+
+
+def patient_consent_fhir(session: Session, *, actor: Actor, username: str) -> dict[str, Any]:
+    """The history as a FHIR R4 Bundle of Consent resources, validated by fhir.resources."""
+    from lockbox.consent import fhir
+
+    patient = _patient_for_staff(session, actor, username, write=False)
+    rows = _records(session, patient.id)
+    staff_ids = {r.recorded_by for r in rows if r.recorded_by and r.recorded_by != patient.id}
+    rt = runtime_of(session)
+    record(session, action="consent.record.export", actor=actor, subject_type="patient", subject_id=patient.id,
+           count=len(rows))
+    return fhir.bundle(rows, patient_id=patient.id, staff_ids=staff_ids, settings=rt.settings,
+                       now=rt.clock.now())

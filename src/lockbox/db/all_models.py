@@ -17,6 +17,7 @@ from lockbox.directory.models import (
 from lockbox.identity.models import AuthSession, AuthThrottle, Patient, User
 from lockbox.jobs.models import Job
 from lockbox.messaging.models import Attachment, Correspondent, Message, Participant, Thread
+from lockbox.notify.models import Notification, NotifyPreference
 from lockbox.routing.models import RoutingDecision
 
 metadata = Base.metadata
@@ -24,6 +25,7 @@ metadata = Base.metadata
 __all__ = [
     "Alert", "Attachment", "AuditCheckpoint", "AuditRow", "AuthSession", "AuthThrottle", "BreakGlassGrant",
     "CareTeam", "CareTeamMember", "ConsentRecord", "Correspondent", "Job", "KeyUsage", "Location", "Message",
-    "OnCallShift", "Organization", "Participant", "Patient", "Pool", "PoolMember", "RoutingDecision",
+    "Notification", "NotifyPreference", "OnCallShift", "Organization", "Participant", "Patient", "Pool",
+    "PoolMember", "RoutingDecision",
     "Thread", "User", "metadata",
 ]

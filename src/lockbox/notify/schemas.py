@@ -1,0 +1,39 @@
+"""Request and response bodies of the notify API."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "sending", "sent", "suppressed", "failed"]
+
+
+class PreferencesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quiet_from: time | None = Field(default=None, description="local time quiet hours start, e.g. 21:00")
+    quiet_to: time | None = Field(default=None, description="local time they end, e.g. 07:30")
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")
+
+
+class PreferencesOut(BaseModel):
+    quiet_from: time | None
+    quiet_to: time | None
+    timezone: str
+
+
+class NotificationOut(BaseModel):
+    id: str
+    user_id: str
+    username: str
+    channel: str
+    kind: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    send_after: datetime
+    sent_at: datetime | None
+    attempts: int
+    provider_message_id: str | None

@@ -36,6 +36,22 @@ _handlers: dict[str, Handler] = {}
 _wakeups: list[Callable[[], None]] = []
 
 
+# Each domain with background work registers its handlers in its ``tasks`` module.
+TASK_MODULES = ("lockbox.notify.tasks", "lockbox.routing.tasks")
+
+
+def load_handlers() -> None:
+    """Import every domain's tasks, so any process that runs workers knows every job kind."""
+    import importlib
+
+    for name in TASK_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
 def register(kind: str, run: Callable[..., Any], *, external: bool = False) -> None:
     _handlers[kind] = Handler(kind, run, external)
 

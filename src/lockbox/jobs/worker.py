@@ -28,6 +28,7 @@ class Worker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        service.load_handlers()
         service.on_enqueue(self._wake.set)
 
     def run_once(self) -> int:

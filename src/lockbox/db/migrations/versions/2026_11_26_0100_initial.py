@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 01:18:41.937978
+Create Date: 2026-11-26 01:47:19.134161
 """
 
 from collections.abc import Sequence
@@ -214,6 +214,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("sender_id", "recipient", name=op.f("pk_correspondents")),
     )
     op.create_table(
+        "notify_preferences",
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("quiet_from", sa.Time(), nullable=True),
+        sa.Column("quiet_to", sa.Time(), nullable=True),
+        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("updated_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_notify_preferences_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_notify_preferences")),
+    )
+    op.create_table(
         "patients",
         sa.Column("user_id", sa.String(length=32), nullable=False),
         sa.Column("mrn", sa.String(length=64), nullable=False),
@@ -342,6 +354,33 @@ def upgrade() -> None:
         sa.UniqueConstraint("thread_id", "seq", name="uq_messages_thread_seq"),
     )
     op.create_table(
+        "notifications",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=100), nullable=True),
+        sa.Column("thread_id", sa.String(length=32), nullable=True),
+        sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("send_after", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sending_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("sent_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("provider_message_id", sa.String(length=200), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["thread_id"], ["threads.id"], name=op.f("fk_notifications_thread_id_threads"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_notifications_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_notifications")),
+    )
+    with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.create_index("ix_notifications_pending", ["user_id", "thread_id", "channel", "status"], unique=False)
+        batch_op.create_index("ix_notifications_status", ["status", "created_at"], unique=False)
+
+    op.create_table(
         "thread_participants",
         sa.Column("thread_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
@@ -423,6 +462,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_thread_participants_user_id"))
 
     op.drop_table("thread_participants")
+    with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.drop_index("ix_notifications_status")
+        batch_op.drop_index("ix_notifications_pending")
+
+    op.drop_table("notifications")
     op.drop_table("messages")
     with op.batch_alter_table("break_glass_grants", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_break_glass_grants_user_id"))
@@ -451,6 +495,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_patients_care_team_id"))
 
     op.drop_table("patients")
+    op.drop_table("notify_preferences")
     op.drop_table("correspondents")
     with op.batch_alter_table("consent_records", schema=None) as batch_op:
         batch_op.drop_index("ix_consent_records_patient_scope")

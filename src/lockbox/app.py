@@ -68,6 +68,8 @@ def create_app(
     app.add_middleware(SecurityHeaders, hsts=settings.public_url.startswith("https://"))
 
     from lockbox.routers import mount_all
+    from lockbox.web import mount as mount_web
 
     mount_all(app)
+    mount_web(app)
     return app

@@ -61,6 +61,9 @@ def worker(
     logs.configure()
     db = build_database(load_settings())
     db.migrate()
+    from lockbox.routing.classify import warm_up
+
+    warm_up()  # escalation and re-triage jobs classify; train once before the first job
     workers = [Worker(db, poll_s=poll) for _ in range(count)]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,6 +31,12 @@ def build_database(settings: Settings, *, clock: Clock | None = None, hub: Hub |
     return Database(settings.resolved_database_url, runtime, batch_max=settings.commit_batch_max)
 
 
+def _warm_up_triage() -> None:
+    from lockbox.routing.classify import warm_up
+
+    warm_up()
+
+
 def create_app(
     settings: Settings | None = None, *, clock: Clock | None = None, migrate: bool = True, workers: int = 1
 ) -> FastAPI:
@@ -46,6 +53,9 @@ def create_app(
         from lockbox.jobs.worker import Worker
 
         hub.bind(asyncio.get_running_loop())
+        # The triage model trains on first use (seconds): do it now, off the event loop, not on a
+        # patient's first message.
+        threading.Thread(target=_warm_up_triage, name="lockbox-warm-up", daemon=True).start()
         running = [Worker(db) for _ in range(workers)]
         for worker in running:
             worker.start()

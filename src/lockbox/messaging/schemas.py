@@ -111,6 +111,8 @@ class MessageOut(BaseModel):
     attachments: list[AttachmentOut] = Field(default_factory=list)
     read_by: list[str] = Field(default_factory=list, description="user ids of others who read it")
     delivered_to: list[str] = Field(default_factory=list)
+    auto_reply: str | None = Field(default=None, description="The clinic's automatic answer, when this message "
+                                   "was an emergency")
 
 
 class ThreadSummary(BaseModel):
@@ -129,6 +131,7 @@ class ThreadSummary(BaseModel):
     unread: int
     urgency: str | None = None
     topic: str | None = None
+    callback_due: datetime | None = Field(default=None, description="An emergency call-back waits since then")
 
 
 class ThreadDetail(ThreadSummary):

@@ -94,6 +94,9 @@ def create_thread(session: Session, *, actor: Actor, data: schemas.ThreadCreate)
             rule="addressed",
             explanation="Addressed by the sender.",
         )
+        if actor.is_patient:  # addressed, yet still checked for an emergency
+            decision = routing.screen_addressed(session, decision, patient_id=actor.user_id,
+                                                care_team_id=care_team_id, subject=data.subject, body=data.body)
 
     thread_id = new_id()
     cipher, key_version, wrapped = ThreadCipher.new(rt.keyring, thread_id)
@@ -271,7 +274,9 @@ def pool_queue(session: Session, *, actor: Actor, pool_id: str) -> list[schemas.
     threads = list(session.scalars(
         select(Thread).where(Thread.pool_id == pool_id, Thread.status == "open")
         .order_by(Thread.emergency.desc(), Thread.urgent.desc(), Thread.created_at, Thread.id).limit(500)))
-    return _summaries(session, actor, threads)
+    out = _summaries(session, actor, threads)
+    out.sort(key=lambda s: s.callback_due is None)  # stable: open call-backs first, then the order above
+    return out
 
 
 def _summaries(session: Session, actor: Actor, threads: list[Thread]) -> list[schemas.ThreadSummary]:
@@ -283,6 +288,7 @@ def _summaries(session: Session, actor: Actor, threads: list[Thread]) -> list[sc
         .where(Participant.thread_id.in_(ids), Participant.user_id == actor.user_id)).all())
     people = _people(session, {t.patient_id for t in threads if t.patient_id})
     decisions = _latest_decisions(session, ids)
+    callbacks = routing.open_callbacks(session, ids)
     keyring = runtime_of(session).keyring
     out = []
     for t in threads:
@@ -294,7 +300,7 @@ def _summaries(session: Session, actor: Actor, threads: list[Thread]) -> list[sc
             pool=t.pool_id, assignee=t.assignee_id, status=t.status, urgent=t.urgent, emergency=t.emergency,
             created_at=t.created_at, last_message_at=t.last_message_at, message_count=t.message_count,
             unread=max(0, t.message_count - read.get(t.id, 0)),
-            urgency=d.urgency if d else None, topic=d.topic if d else None,
+            urgency=d.urgency if d else None, topic=d.topic if d else None, callback_due=callbacks.get(t.id),
         ))
     return out
 
@@ -437,18 +443,28 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
         conn.execute(insert(_participants), {"thread_id": thread.id, "user_id": actor.user_id, "kind": "member",
                                              "joined_at": now, "last_read_seq": seq, "last_delivered_seq": seq,
                                              "last_read_at": now})
+    auto_reply: str | None = None
     if actor.is_patient:
-        decision = routing.route_patient_reply(session, thread_id=thread.id, patient_id=actor.user_id, body=body)
+        decision = routing.route_patient_reply(session, thread_id=thread.id, patient_id=actor.user_id, body=body,
+                                               seq=seq)
         if decision is not None:
             routing.record_decision(session, thread_id=thread.id, message_id=message_id, decision=decision)
+            auto_reply = decision.auto_reply
     record(session, action="messaging.message.send", actor=actor, subject_type="message", subject_id=message_id,
            thread_id=thread.id)
     _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq},
             sender_id=actor.user_id)
+    if auto_reply:  # a reply that turned emergent gets the clinic's emergency answer at once
+        auto_seq = int(conn.execute(_BUMP, {"b_thread": thread.id, "b_uses": 1, "b_now": now}).one()[0])
+        auto_id = new_id()
+        conn.execute(_INSERT_MESSAGE, {"id": auto_id, "thread_id": thread.id, "seq": auto_seq, "sender_id": None,
+                                       "created_at": now, "kind": "auto_reply",
+                                       "body_sealed": cipher.seal_body(auto_id, auto_reply)})
+        _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": auto_id, "seq": auto_seq})
     me = schemas.Person(id=actor.user_id, username=actor.username, display_name=actor.display_name,
                         role=actor.role.value)
     return schemas.MessageOut(id=message_id, seq=seq, sender=me, created_at=now, kind="message", body=body,
-                              attachments=attachments)
+                              attachments=attachments, auto_reply=auto_reply)
 
 
 def mark_read(session: Session, *, actor: Actor, thread_id: str) -> None:

@@ -1,20 +1,51 @@
-"""The core's default route for patient messages, until the routing engine replaces it.
+"""The routing engine (ARCHITECTURE section 6): filter (classify), rules and balance (pool, then responder),
+context (the patient's care facts); the emergency path; claim, release and transfer; duty.
 
-Every patient message goes to nurse triage when that pool exists (a clinician sees everything
-first: the safe default), otherwise to the patient's care team.
+Decisions are returned to messaging, which writes the thread; ``record_decision`` then stores the
+decision with its phases and performs its effects (response clock, call-back task, page) in the
+same unit of work. Explanations, audit details and job payloads carry codes and ids only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from lockbox.db.uow import runtime_of
-from lockbox.directory.models import Pool
-from lockbox.routing.models import RoutingDecision
+from lockbox.access import policy
+from lockbox.access.actor import Actor
+from lockbox.audit.service import raise_alert, record
+from lockbox.db.uow import publish, runtime_of
+from lockbox.directory.models import CareTeamMember, Pool, PoolMember
+from lockbox.errors import Forbidden, InvalidInput, NotFound
+from lockbox.identity.models import User
+from lockbox.identity.roles import CLINICAL_ROLES, NO_CONTENT_ROLES, Role
+from lockbox.jobs import service as jobs
+from lockbox.messaging.models import Thread
+from lockbox.routing import balance, escalation, schemas
+from lockbox.routing.context import PatientContext, provider_for
+from lockbox.routing.models import CallbackTask, Responder, RoutingDecision, RoutingState
+from lockbox.routing.rules import WEEKDAYS, CompiledRule, Facts, RuleSet, RuleStore, store_for
 
-DEFAULT_POOL = "nurse-triage"
+if TYPE_CHECKING:
+    from lockbox.routing.classify import Triage
+
+NOTIFY_PAGE = "notify.page"
+DUTY_SWEEP = "routing.duty_sweep"
+DUTY_SWEEP_S = 300
+_PRIORITY = {"routine": 0, "urgent": 1, "emergency": 2}
+
+AUTO_REPLY = {
+    "en": ("This secure message center is not for emergencies. If this is an emergency, call 911 now or go to "
+           "the nearest emergency department. A nurse has been alerted and will call you back."),
+    "es": ("Este centro de mensajes seguros no es para emergencias. Si se trata de una emergencia, llame al 911 "
+           "ahora o vaya al departamento de emergencias más cercano. Se ha avisado a una enfermera, que le "
+           "devolverá la llamada."),
+}
 
 
 @dataclass(frozen=True)
@@ -27,37 +58,500 @@ class Decision:
     explanation: str
     emergency: bool = False
     auto_reply: str | None = None
+    # The engine's own decisions (not "addressed") start a response clock and, for emergencies, a
+    # call-back task and a page.
+    routed: bool = False
+    trigger: str = "message"
+    seq: int = 1
+    sla: str | None = None
+    ladder: tuple[str, ...] = ()
+    emergency_pool: str | None = None
+    phases: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def rules_for(session: Session, *, alerts: bool = True) -> RuleSet:
+    """The rules in force; a pending bad-file alert is raised in this unit unless it is a read."""
+    store = store_for(runtime_of(session).settings.routing_rules)
+    rules = store.current()
+    if alerts and store.pending_alerts:
+        _raise_rule_alerts(session, store)
+    return rules
+
+
+def _raise_rule_alerts(session: Session, store: RuleStore) -> None:
+    """A bad rules file is noticed on a decision path; its alert is written by the unit at hand, and put
+    back for the next one if this unit rolls back."""
+    alerts = store.take_alerts()
+    if not alerts:
+        return
+    event.listen(session, "after_soft_rollback", lambda *_: store.restore_alerts(alerts), once=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", store.path.name)[:80]
+    for _, problems in alerts:
+        raise_alert(session, kind="routing_rules_invalid", rules_file=name, problems=len(problems))
+
+
+# -- phases --------------------------------------------------------------------------------------
+
+
+def _days_since(now: datetime, then: datetime | None) -> int | None:
+    return None if then is None else max(0, (now - then).days)
+
+
+def _facts(rules: RuleSet, now: datetime, urgency: str, triage: Triage, ctx: PatientContext,
+           care_team_id: str | None) -> Facts:
+    local = rules.local(now)
+    return Facts(
+        urgency=urgency, topic=triage.topic, language=triage.language, sender_role="patient",
+        care_team=care_team_id, location=ctx.location_id, conditions=ctx.conditions,
+        days_since_surgery=_days_since(now, ctx.last_surgery_at),
+        days_since_encounter=_days_since(now, ctx.last_encounter_at),
+        local_time=local.time(), weekday=WEEKDAYS[local.weekday()], clinic_open=rules.is_open(ctx.location_id, now),
+    )
+
+
+def _decide(session: Session, *, rules: RuleSet, now: datetime, urgency: str, triage: Triage, ctx: PatientContext,
+            care_team_id: str | None, trigger: str, seq: int, keep_assignee: str | None = None,
+            current_pool: str | None = None) -> Decision:
+    facts = _facts(rules, now, urgency, triage, ctx, care_team_id)
+    rule: CompiledRule | None = rules.first_match(facts)
+    emergency = urgency == "emergency"
+    wanted = rule.pool if rule is not None else (rules.emergency_pool if emergency else None)
+    pool = session.get(Pool, wanted) if wanted else None
+    fallback = pool is None
+    rule_name = rule.name if rule is not None else "no-rule"
+
+    if keep_assignee is not None and pool is not None and pool.id == current_pool:
+        pick = balance.Pick(keep_assignee, "kept", 1, 1)
+    else:
+        people = balance.candidates(session, rules=rules, now=now, pool=pool, care_team_id=care_team_id,
+                                    location_id=ctx.location_id)
+        pick = balance.choose(people)
+    sla = rules.sla_for(rule, urgency)
+    where = f"pool {pool.id}" if pool is not None else "the patient's care team"
+    if fallback and wanted:
+        where += f" (pool {wanted} does not exist)"
+    who = {"care_team": "assigned within the care team", "least_load": "assigned to the least-loaded responder",
+           "on_call": "assigned to the on-call responder", "kept": "assignee kept",
+           "nobody_eligible": "nobody eligible on duty: left in the queue",
+           "no_candidates": "no responders: left in the queue"}[pick.reason]
+    explanation = f"{urgency.capitalize()} {triage.topic}: rule {rule_name} sent it to {where}; {who}."
+    if emergency:
+        explanation = "Emergency: auto-reply sent, call-back task and on-call page raised. " + explanation
+    phases = {
+        "filter": {"urgency": urgency, "classified": triage.urgency, "topic": triage.topic,
+                   "language": triage.language, "signals": len(triage.signals)},
+        "rules": {"rule": rule_name, "pool": pool.id if pool else None, "wanted": wanted, "fallback": fallback,
+                  "sla": sla.text, "ladder": list(rules.ladder_for(rule)), "source": rules.source},
+        "balance": {"assignee": pick.assignee_id, "reason": pick.reason, "candidates": pick.candidates,
+                    "eligible": pick.eligible},
+        "context": {"source": ctx.source, "care_team": care_team_id, "location": ctx.location_id,
+                    "conditions": len(ctx.conditions), "recent_surgery": ctx.last_surgery_at is not None},
+    }
+    lang = triage.language if triage.language in AUTO_REPLY else "en"
+    return Decision(
+        urgency=urgency, topic=triage.topic, pool_id=pool.id if pool else None, assignee_id=pick.assignee_id,
+        rule=rule_name, explanation=explanation[:300], emergency=emergency,
+        auto_reply=AUTO_REPLY[lang] if emergency else None, routed=True, trigger=trigger, seq=seq, sla=sla.text,
+        ladder=rules.ladder_for(rule), emergency_pool=rules.emergency_pool, phases=phases,
+    )
 
 
 def route_patient_message(
     session: Session, *, patient_id: str, care_team_id: str | None, subject: str, body: str, urgent: bool
 ) -> Decision:
-    urgency = "urgent" if urgent else "routine"
-    if session.get(Pool, DEFAULT_POOL) is not None:
-        return Decision(urgency, "other", DEFAULT_POOL, None, "default",
-                        "Default route: patient messages go to nurse triage.")
-    return Decision(urgency, "other", None, None, "default-care-team",
-                    "No nurse-triage pool: routed to the patient's care team.")
+    """A new patient thread: classify, pick the pool by the rules, the responder by balance."""
+    rt = runtime_of(session)
+    now = rt.clock.now()
+    rules = rules_for(session)
+    from lockbox.routing.classify import classify
+
+    triage = classify(subject, body)
+    urgency = triage.urgency
+    if urgent and urgency == "routine":
+        urgency = "urgent"  # the patient's own flag raises, never lowers
+    ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
+    return _decide(session, rules=rules, now=now, urgency=urgency, triage=triage, ctx=ctx,
+                   care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1)
+
+
+def screen_addressed(session: Session, decision: Decision, *, patient_id: str, care_team_id: str | None,
+                     subject: str, body: str) -> Decision:
+    """A patient's thread addressed to named staff skips routing but not the emergency check: an emergency
+    is routed like any other (auto-reply, call-back, page); anything else stays as addressed."""
+    from lockbox.routing.classify import emergency_check
+
+    triage = emergency_check(f"{subject}\n{body}")
+    if triage is None:
+        return decision
+    rt = runtime_of(session)
+    ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
+    return _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency="emergency", triage=triage,
+                   ctx=ctx, care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1)
 
 
 def route_patient_reply(
-    session: Session, *, thread_id: str, patient_id: str, body: str
+    session: Session, *, thread_id: str, patient_id: str, body: str, seq: int | None = None
 ) -> Decision | None:
-    """Re-triage hook for replies; the default route never changes a thread's route."""
-    return None
+    """A patient's reply pays only for the emergency check. An emergent reply re-triages the thread
+    (returned as a Decision with its auto-reply); any other reply only restarts a stopped response clock."""
+    from lockbox.routing.classify import emergency_check
+
+    triage = emergency_check(body)
+    state = session.get(RoutingState, thread_id)
+    now = runtime_of(session).clock.now()
+    if triage is None:
+        if state is not None and state.pending_seq is None and seq is not None:
+            escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
+        return None
+    thread = session.get(Thread, thread_id)
+    if thread is None:
+        return None
+    if thread.emergency and _open_callback(session, thread_id) is not None:
+        if state is not None and state.pending_seq is None and seq is not None:
+            escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
+        return None  # already at the top of the triage queue with a call-back waiting
+    rt = runtime_of(session)
+    rules = rules_for(session)
+    ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
+    decision = _decide(session, rules=rules, now=now, urgency="emergency", triage=triage, ctx=ctx,
+                       care_team_id=thread.care_team_id or ctx.care_team_id, trigger="reply", seq=seq or 1,
+                       keep_assignee=thread.assignee_id, current_pool=thread.pool_id)
+    thread.emergency = True
+    thread.urgent = True
+    if decision.pool_id is not None:
+        thread.pool_id = decision.pool_id
+    if decision.assignee_id != thread.assignee_id and decision.assignee_id is not None:
+        thread.assignee_id = decision.assignee_id
+    return decision
 
 
-def record_decision(session: Session, *, thread_id: str, message_id: str, decision: Decision) -> RoutingDecision:
+def record_decision(session: Session, *, thread_id: str, message_id: str | None, decision: Decision) -> RoutingDecision:
+    """Store the decision and, for the engine's own decisions, start the response clock, raise the
+    emergency call-back and page, and tell the assignee."""
+    rt = runtime_of(session)
+    now = rt.clock.now()
     row = RoutingDecision(
-        thread_id=thread_id,
-        message_id=message_id,
-        urgency=decision.urgency,
-        topic=decision.topic,
-        pool_id=decision.pool_id,
-        assignee_id=decision.assignee_id,
-        rule=decision.rule,
-        explanation=decision.explanation,
-        created_at=runtime_of(session).clock.now(),
+        thread_id=thread_id, message_id=message_id, urgency=decision.urgency, topic=decision.topic,
+        pool_id=decision.pool_id, assignee_id=decision.assignee_id, rule=decision.rule,
+        explanation=decision.explanation, created_at=now, trigger=decision.trigger, phases=decision.phases,
     )
     session.add(row)
+    if not decision.routed:
+        return row
+    session.flush()
+    rules = rules_for(session)
+    state = session.get(RoutingState, thread_id)
+    if state is None:
+        state = RoutingState(thread_id=thread_id, priority=decision.urgency, rule=decision.rule,
+                             sla=decision.sla or rules.sla[decision.urgency].text,
+                             ladder=list(decision.ladder or rules.escalation), generation=0, step=0, escalations=0)
+        session.add(state)
+        escalation.arm(session, state, rules=rules, seq=decision.seq, since=now)
+    elif _PRIORITY[decision.urgency] > _PRIORITY.get(state.priority, 0) or state.pending_seq is None:
+        # A tighter priority (a reply turned emergent) restarts the clock on the new SLA.
+        state.priority, state.rule = decision.urgency, decision.rule
+        state.sla = decision.sla or rules.sla[decision.urgency].text
+        state.ladder = list(decision.ladder or rules.escalation)
+        escalation.arm(session, state, rules=rules, seq=decision.seq, since=now)
+    if decision.pool_id is None:
+        _care_team_takes_it(session, thread_id, now)
+    if decision.assignee_id:
+        balance.note_assignment(session, decision.assignee_id, now)
+        publish(session, [decision.assignee_id], {"type": "assignment", "thread_id": thread_id})
+        _arm_duty_sweep(session, now)
+    record(session, action="routing.thread.route", subject_type="thread", subject_id=thread_id,
+           decision_id=row.id, trigger=decision.trigger, rule=decision.rule, pool=decision.pool_id,
+           assignee=decision.assignee_id, fallback=decision.phases.get("rules", {}).get("fallback", False))
+    if decision.emergency:
+        _emergency(session, thread_id=thread_id, pool_id=decision.emergency_pool or rules.emergency_pool, now=now)
     return row
+
+
+def _care_team_takes_it(session: Session, thread_id: str, now: datetime) -> None:
+    """Without a pool there is no queue to watch: the care team joins the thread, so each new message
+    reaches them (push and notification) as it would reach a pool."""
+    team = session.scalar(select(Thread.care_team_id).where(Thread.id == thread_id))
+    if team is None:
+        return
+    staff = list(session.scalars(
+        select(User.id).join(CareTeamMember, CareTeamMember.user_id == User.id)
+        .where(CareTeamMember.care_team_id == team, User.active.is_(True), User.role != Role.patient,
+               User.role.not_in([r.value for r in NO_CONTENT_ROLES]))))
+    escalation.bring_in(session, thread_id, staff, now)
+
+
+def _open_callback(session: Session, thread_id: str) -> CallbackTask | None:
+    return session.scalar(select(CallbackTask).where(CallbackTask.thread_id == thread_id,
+                                                     CallbackTask.completed_at.is_(None)).limit(1))
+
+
+def _emergency(session: Session, *, thread_id: str, pool_id: str, now: datetime) -> None:
+    pool = session.get(Pool, pool_id)
+    task = CallbackTask(thread_id=thread_id, pool_id=pool.id if pool else None, reason="emergency",
+                        created_at=now, due_at=now)
+    session.add(task)
+    session.flush()
+    paged = [uid for _, uid in balance.on_call_now(session, [pool_id], now)] if pool else []
+    if not paged and pool is not None and pool.lead_id:
+        paged = [pool.lead_id]  # nobody on call: the pool's lead is the last person who must know
+    paged = list(dict.fromkeys(paged))
+    escalation.bring_in(session, thread_id, paged, now)
+    for uid in paged:
+        jobs.enqueue(session, kind=NOTIFY_PAGE, payload={"user_id": uid, "thread_id": thread_id, "reason": "emergency"},
+                     dedupe_key=f"page:{thread_id}:{task.id}:{uid}")
+    members = list(session.scalars(select(PoolMember.user_id).where(PoolMember.pool_id == pool_id))) if pool else []
+    publish(session, set(paged) | set(members), {"type": "emergency", "thread_id": thread_id, "callback_id": task.id})
+    record(session, action="routing.emergency.raise", subject_type="thread", subject_id=thread_id,
+           callback_id=task.id, pool=task.pool_id, paged=paged)
+
+
+def _arm_duty_sweep(session: Session, now: datetime) -> None:
+    slot = (int(now.timestamp()) // DUTY_SWEEP_S + 1) * DUTY_SWEEP_S
+    jobs.enqueue(session, kind=DUTY_SWEEP, payload={"slot": slot},
+                 run_at=datetime.fromtimestamp(slot, tz=now.tzinfo), dedupe_key=f"routing.duty:{slot}")
+
+
+def open_callbacks(session: Session, thread_ids: list[str]) -> dict[str, datetime]:
+    """Thread id -> when its open call-back is due, for the queues."""
+    if not thread_ids:
+        return {}
+    rows = session.execute(select(CallbackTask.thread_id, CallbackTask.due_at)
+                           .where(CallbackTask.thread_id.in_(thread_ids), CallbackTask.completed_at.is_(None)))
+    out: dict[str, datetime] = {}
+    for tid, due in rows:
+        out[tid] = min(due, out.get(tid, due))
+    return out
+
+
+# -- staff actions: claim, release, transfer, call-back, duty ------------------------------------
+
+
+def _latest(session: Session, thread_id: str) -> RoutingDecision | None:
+    return session.scalar(select(RoutingDecision).where(RoutingDecision.thread_id == thread_id)
+                          .order_by(RoutingDecision.created_at.desc(), RoutingDecision.id.desc()).limit(1))
+
+
+def _may_take(session: Session, user_id: str, thread: Thread) -> bool:
+    """A pool's thread is for its members and lead; a thread without a pool, for its care team."""
+    if thread.pool_id is not None:
+        pool = session.get(Pool, thread.pool_id)
+        if pool is not None and pool.lead_id == user_id:
+            return True
+        return session.get(PoolMember, (thread.pool_id, user_id)) is not None
+    if thread.care_team_id is not None:
+        return session.get(CareTeamMember, (thread.care_team_id, user_id)) is not None
+    return False
+
+
+def _staff_thread(session: Session, actor: Actor, thread_id: str) -> Thread:
+    thread = policy.thread_for_write(session, actor, thread_id)
+    policy.require_staff(actor)
+    return thread
+
+
+def _reassign(session: Session, thread: Thread, new: str | None, *, trigger: str, explanation: str,
+              actor: Actor | None, now: datetime, **details: Any) -> schemas.Assignment:
+    previous = thread.assignee_id
+    thread.assignee_id = new
+    last = _latest(session, thread.id)
+    urgency = last.urgency if last else ("urgent" if thread.urgent else "routine")
+    row = RoutingDecision(
+        thread_id=thread.id, message_id=None, urgency=urgency, topic=last.topic if last else "other",
+        pool_id=thread.pool_id, assignee_id=new, rule=trigger,
+        explanation=explanation, created_at=now, trigger=trigger,
+        phases={"balance": {"assignee": new, "previous": previous, "reason": trigger, **details}})
+    session.add(row)
+    session.flush()
+    if new is not None:
+        balance.note_assignment(session, new, now)
+        _arm_duty_sweep(session, now)
+    record(session, action=f"routing.thread.{trigger}", actor=actor,
+           subject_type="thread", subject_id=thread.id, decision_id=row.id, previous=previous, assignee=new,
+           pool=thread.pool_id)
+    concerned = {u for u in (previous, new, actor.user_id if actor else None) if u}
+    pool = session.get(Pool, thread.pool_id) if thread.pool_id else None
+    if pool is not None and pool.lead_id:
+        concerned.add(pool.lead_id)
+    publish(session, concerned, {"type": "assignment", "thread_id": thread.id, "assignee": new})
+    return _assignment(session, thread)
+
+
+def _assignment(session: Session, thread: Thread) -> schemas.Assignment:
+    username = None
+    if thread.assignee_id:
+        username = session.scalar(select(User.username).where(User.id == thread.assignee_id))
+    return schemas.Assignment(thread_id=thread.id, pool=thread.pool_id, assignee=username)
+
+
+def _acknowledge(session: Session, thread_id: str, now: datetime) -> None:
+    state = session.get(RoutingState, thread_id)
+    if state is not None:
+        state.acknowledged_at = now
+
+
+def claim(session: Session, *, actor: Actor, thread_id: str) -> schemas.Assignment:
+    """Take a thread from the queue (or from a colleague); it counts as acknowledging it."""
+    thread = _staff_thread(session, actor, thread_id)
+    if not _may_take(session, actor.user_id, thread):
+        raise Forbidden("Only the thread's pool or care team can claim it.")
+    now = runtime_of(session).clock.now()
+    _acknowledge(session, thread.id, now)
+    if thread.assignee_id == actor.user_id:
+        return _assignment(session, thread)
+    return _reassign(session, thread, actor.user_id, trigger="claim", explanation="Claimed by a staff member.",
+                     actor=actor, now=now)
+
+
+def release(session: Session, *, actor: Actor, thread_id: str) -> schemas.Assignment:
+    """Give a thread back to its pool's queue: its assignee, or the pool's lead, may."""
+    thread = _staff_thread(session, actor, thread_id)
+    pool = session.get(Pool, thread.pool_id) if thread.pool_id else None
+    if thread.assignee_id != actor.user_id and (pool is None or pool.lead_id != actor.user_id):
+        raise Forbidden("Only the assignee or the pool's lead can release this thread.")
+    now = runtime_of(session).clock.now()
+    return _reassign(session, thread, None, trigger="release", explanation="Released to the queue.", actor=actor,
+                     now=now)
+
+
+def transfer(session: Session, *, actor: Actor, thread_id: str, to: str) -> schemas.Assignment:
+    """Hand a thread to a named colleague of its pool or care team, or to a clinician brought in."""
+    thread = _staff_thread(session, actor, thread_id)
+    if not _may_take(session, actor.user_id, thread) and thread.assignee_id != actor.user_id:
+        raise Forbidden("Only the thread's pool, care team or assignee can transfer it.")
+    target = session.scalar(select(User).where(User.username == to, User.active.is_(True)))
+    if target is None or target.role == Role.patient or target.role in NO_CONTENT_ROLES:
+        raise InvalidInput("Transfer to an active staff member who works with messages.")
+    now = runtime_of(session).clock.now()
+    if not _may_take(session, target.id, thread):
+        if target.role not in CLINICAL_ROLES:
+            raise InvalidInput("That colleague is not in this thread's pool or care team.")
+        escalation.bring_in(session, thread.id, [target.id], now)
+    _acknowledge(session, thread.id, now)
+    return _reassign(session, thread, target.id, trigger="transfer", explanation="Transferred by a staff member.",
+                     actor=actor, now=now)
+
+
+def complete_callback(session: Session, *, actor: Actor, thread_id: str) -> schemas.CallbackOut:
+    """Mark the emergency call-back done (the nurse reached the patient)."""
+    thread = _staff_thread(session, actor, thread_id)
+    task = _open_callback(session, thread.id)
+    if task is None:
+        raise NotFound("No open call-back on this thread.")
+    now = runtime_of(session).clock.now()
+    for t in session.scalars(select(CallbackTask).where(CallbackTask.thread_id == thread.id,
+                                                        CallbackTask.completed_at.is_(None))):
+        t.completed_at, t.completed_by = now, actor.user_id
+    _acknowledge(session, thread.id, now)
+    record(session, action="routing.callback.complete", actor=actor, subject_type="thread", subject_id=thread.id,
+           callback_id=task.id)
+    publish(session, [actor.user_id] + ([thread.assignee_id] if thread.assignee_id else []),
+            {"type": "thread_updated", "thread_id": thread.id})
+    return schemas.CallbackOut(id=task.id, thread_id=thread.id, created_at=task.created_at, due_at=task.due_at,
+                               completed_at=now)
+
+
+def decisions(session: Session, *, actor: Actor, thread_id: str) -> list[schemas.DecisionOut]:
+    """The thread's routing history with each phase's result, for staff who can read it."""
+    thread = _staff_thread(session, actor, thread_id)
+    rows = list(session.scalars(select(RoutingDecision).where(RoutingDecision.thread_id == thread.id)
+                                .order_by(RoutingDecision.created_at, RoutingDecision.id)))
+    ids = {r.assignee_id for r in rows if r.assignee_id}
+    names = dict(session.execute(select(User.id, User.username).where(User.id.in_(ids))).all()) if ids else {}
+    return [schemas.DecisionOut(id=r.id, trigger=r.trigger, urgency=r.urgency, topic=r.topic, pool=r.pool_id,
+                                assignee=names.get(r.assignee_id) if r.assignee_id else None, rule=r.rule,
+                                explanation=r.explanation, phases=r.phases or {}, created_at=r.created_at)
+            for r in rows]
+
+
+def duty_status(session: Session, *, actor: Actor) -> schemas.DutyOut:
+    policy.require_staff(actor)
+    now = runtime_of(session).clock.now()
+    rules = rules_for(session, alerts=False)
+    r = session.get(Responder, actor.user_id)
+    location = session.scalar(select(User.location_id).where(User.id == actor.user_id))
+    pools = list(session.scalars(select(Pool.id)))
+    on_call = sorted({p for p, u in balance.on_call_now(session, pools, now) if u == actor.user_id})
+    return schemas.DutyOut(available=r.available if r is not None else True,
+                           clinic_open=rules.is_open(location, now), on_call=on_call)
+
+
+def set_duty(session: Session, *, actor: Actor, available: bool) -> schemas.DutyOut:
+    """A staff member switches themselves on or off duty; going off hands their open threads on now."""
+    policy.require_staff(actor)
+    now = runtime_of(session).clock.now()
+    r = session.get(Responder, actor.user_id)
+    if r is None:
+        r = Responder(user_id=actor.user_id, available=available, changed_at=now)
+        session.add(r)
+    else:
+        r.available, r.changed_at = available, now
+    session.flush()
+    record(session, action="routing.duty.set", actor=actor, subject_type="user", subject_id=actor.user_id,
+           available=available)
+    if not available:
+        sweep(session, only_user=actor.user_id)
+    return duty_status(session, actor=actor)
+
+
+def sweep(session: Session, *, only_user: str | None = None, limit: int = 500) -> int:
+    """Hand the open threads of responders no longer on duty or on call to someone who is (or back to the
+    queue when nobody is); returns how many moved."""
+    now = runtime_of(session).clock.now()
+    rules = rules_for(session)
+    q = select(Thread).where(Thread.status == "open", Thread.assignee_id.is_not(None))
+    if only_user is not None:
+        q = q.where(Thread.assignee_id == only_user)
+    threads = list(session.scalars(q.order_by(Thread.created_at, Thread.id).limit(limit)))
+    verdict: dict[tuple[str, str | None], bool] = {}
+    moved = 0
+    for thread in threads:
+        assert thread.assignee_id is not None
+        key = (thread.assignee_id, thread.pool_id)
+        if key not in verdict:
+            verdict[key] = balance.is_eligible(session, rules=rules, now=now, user_id=thread.assignee_id,
+                                               pool_id=thread.pool_id)
+        if verdict[key]:
+            continue
+        pool = session.get(Pool, thread.pool_id) if thread.pool_id else None
+        ctx = provider_for(runtime_of(session).settings).patient_context(session, patient_id=thread.patient_id) \
+            if thread.patient_id else PatientContext()
+        people = balance.candidates(session, rules=rules, now=now, pool=pool, care_team_id=thread.care_team_id,
+                                    location_id=ctx.location_id)
+        pick = balance.choose(people, exclude=[thread.assignee_id])
+        _reassign(session, thread, pick.assignee_id, trigger="reassign",
+                  explanation="Reassigned: the assignee is off duty." if pick.assignee_id
+                  else "Returned to the queue: the assignee is off duty and nobody else is.",
+                  actor=None, now=now, why=pick.reason)
+        moved += 1
+    return moved
+
+
+def pool_workload(session: Session, *, actor: Actor, pool_id: str) -> list[schemas.WorkloadOut]:
+    """Open assigned work per member of a pool, for its members and lead."""
+    policy.pool_for_member(session, actor, pool_id)
+    members = list(session.execute(select(User.id, User.username).join(PoolMember, PoolMember.user_id == User.id)
+                                   .where(PoolMember.pool_id == pool_id).order_by(User.username)))
+    ids = [m[0] for m in members]
+    weighted = balance.open_load(session, ids)
+    counts = dict(session.execute(select(Thread.assignee_id, func.count()).where(
+        Thread.status == "open", Thread.assignee_id.in_(ids)).group_by(Thread.assignee_id)).all()) if ids else {}
+    avail = {r.user_id: r.available for r in session.scalars(select(Responder).where(Responder.user_id.in_(ids)))}
+    return [schemas.WorkloadOut(user_id=uid, username=name, open_threads=int(counts.get(uid, 0)),
+                                weighted_load=weighted.get(uid, 0), available=avail.get(uid, True))
+            for uid, name in members]
+
+
+def run_duty_sweep(session: Session, payload: dict[str, Any]) -> None:
+    sweep(session)
+    now = runtime_of(session).clock.now()
+    if session.scalar(select(Thread.id).where(Thread.status == "open", Thread.assignee_id.is_not(None)).limit(1)):
+        _arm_duty_sweep(session, now + timedelta(seconds=1))
+
+
+def run_escalation(session: Session, payload: dict[str, Any]) -> None:
+    escalation.fire(session, payload, rules=rules_for(session))
+
+
+from lockbox.routing import tasks as _tasks  # noqa: E402  (registers the job handlers on import)
+
+__all__ = ["Decision", "_tasks", "record_decision", "route_patient_message", "route_patient_reply", "screen_addressed"]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 01:47:19.134161
+Create Date: 2026-11-26 02:17:01.705436
 """
 
 from collections.abc import Sequence
@@ -251,6 +251,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pools")),
     )
     op.create_table(
+        "routing_responders",
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("available", sa.Boolean(), nullable=False),
+        sa.Column("last_assigned_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("changed_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_routing_responders_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_routing_responders")),
+    )
+    op.create_table(
         "on_call_shifts",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("pool_id", sa.String(length=64), nullable=False),
@@ -381,6 +392,45 @@ def upgrade() -> None:
         batch_op.create_index("ix_notifications_status", ["status", "created_at"], unique=False)
 
     op.create_table(
+        "routing_callbacks",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("thread_id", sa.String(length=32), nullable=False),
+        sa.Column("pool_id", sa.String(length=64), nullable=True),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("due_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("completed_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("completed_by", sa.String(length=32), nullable=True),
+        sa.ForeignKeyConstraint(["completed_by"], ["users.id"], name=op.f("fk_routing_callbacks_completed_by_users")),
+        sa.ForeignKeyConstraint(["pool_id"], ["pools.id"], name=op.f("fk_routing_callbacks_pool_id_pools")),
+        sa.ForeignKeyConstraint(
+            ["thread_id"], ["threads.id"], name=op.f("fk_routing_callbacks_thread_id_threads"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_routing_callbacks")),
+    )
+    with op.batch_alter_table("routing_callbacks", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_routing_callbacks_thread_id"), ["thread_id"], unique=False)
+
+    op.create_table(
+        "routing_thread_state",
+        sa.Column("thread_id", sa.String(length=32), nullable=False),
+        sa.Column("priority", sa.String(length=16), nullable=False),
+        sa.Column("rule", sa.String(length=100), nullable=False),
+        sa.Column("sla", sa.String(length=16), nullable=False),
+        sa.Column("ladder", sa.JSON(), nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column("pending_seq", sa.Integer(), nullable=True),
+        sa.Column("pending_since", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("due_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("step", sa.Integer(), nullable=False),
+        sa.Column("acknowledged_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("escalations", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["thread_id"], ["threads.id"], name=op.f("fk_routing_thread_state_thread_id_threads"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("thread_id", name=op.f("pk_routing_thread_state")),
+    )
+    op.create_table(
         "thread_participants",
         sa.Column("thread_id", sa.String(length=32), nullable=False),
         sa.Column("user_id", sa.String(length=32), nullable=False),
@@ -423,7 +473,7 @@ def upgrade() -> None:
         "routing_decisions",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("thread_id", sa.String(length=32), nullable=False),
-        sa.Column("message_id", sa.String(length=32), nullable=False),
+        sa.Column("message_id", sa.String(length=32), nullable=True),
         sa.Column("urgency", sa.String(length=16), nullable=False),
         sa.Column("topic", sa.String(length=32), nullable=False),
         sa.Column("pool_id", sa.String(length=64), nullable=True),
@@ -431,6 +481,8 @@ def upgrade() -> None:
         sa.Column("rule", sa.String(length=100), nullable=False),
         sa.Column("explanation", sa.String(length=300), nullable=False),
         sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("trigger", sa.String(length=16), nullable=False),
+        sa.Column("phases", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["assignee_id"], ["users.id"], name=op.f("fk_routing_decisions_assignee_id_users")),
         sa.ForeignKeyConstraint(
             ["message_id"], ["messages.id"], name=op.f("fk_routing_decisions_message_id_messages"), ondelete="CASCADE"
@@ -462,6 +514,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_thread_participants_user_id"))
 
     op.drop_table("thread_participants")
+    op.drop_table("routing_thread_state")
+    with op.batch_alter_table("routing_callbacks", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_routing_callbacks_thread_id"))
+
+    op.drop_table("routing_callbacks")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.drop_index("ix_notifications_status")
         batch_op.drop_index("ix_notifications_pending")
@@ -490,6 +547,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_on_call_shifts_pool_id"))
 
     op.drop_table("on_call_shifts")
+    op.drop_table("routing_responders")
     op.drop_table("pools")
     with op.batch_alter_table("patients", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patients_care_team_id"))

@@ -1,0 +1,61 @@
+"""Request and response shapes of the routing API: assignment, call-backs, duty, decision history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(min_length=1, max_length=64, description="Username of the colleague taking the thread")
+
+
+class Assignment(BaseModel):
+    thread_id: str
+    pool: str | None
+    assignee: str | None = Field(description="Username of the assignee, None when in the queue")
+
+
+class CallbackOut(BaseModel):
+    id: str
+    thread_id: str
+    created_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+
+
+class DutyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    available: bool
+
+
+class DutyOut(BaseModel):
+    available: bool = Field(description="The staff member's own switch (off: out sick, in a procedure …)")
+    clinic_open: bool = Field(description="Within the clinic hours of their location now")
+    on_call: list[str] = Field(description="Pools they are on call for now")
+
+
+class DecisionOut(BaseModel):
+    id: str
+    trigger: str
+    urgency: str
+    topic: str
+    pool: str | None
+    assignee: str | None
+    rule: str
+    explanation: str
+    phases: dict[str, Any]
+    created_at: datetime
+
+
+class WorkloadOut(BaseModel):
+    user_id: str
+    username: str
+    open_threads: int
+    weighted_load: int
+    available: bool

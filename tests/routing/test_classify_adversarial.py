@@ -1,0 +1,143 @@
+"""Hand-written hard cases for triage, none of them in the corpus: the ways patients actually write."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockbox.routing.classify import classify, emergency_check
+
+# (case, subject, body): each must come out an emergency.
+EMERGENCIES = [
+    # lay words
+    ("band-round-ribs", "", "there's a tight band round my ribs and I feel sick"),
+    ("lips-going-blue", "", "his lips are going blue"),
+    ("grandpa-smile", "grandpa", "my grandpa's smile is crooked all of a sudden"),
+    ("elephant", "", "it's like an elephant sat on my chest"),
+    ("cant-get-words-out", "", "she keeps trying to talk but the words won't come out right"),
+    ("worst-headache", "", "worst headache I've ever had, came on like a thunderclap"),
+    ("out-cold", "", "my son fell off the trampoline and was out cold for a minute"),
+    # misspellings, text-speak, caps
+    ("misspelt-breathe", "", "cant breth, chest realy tite"),
+    ("misspelt-seizure", "", "my daugter is having a sezure"),
+    ("misspelt-unconscious", "", "hes unconsious on the floor"),
+    ("text-speak", "", "omg my bf passed out n wont wake up rn"),
+    ("caps", "", "MY WIFE CANT MOVE HER LEFT ARM AND HER FACE IS DROOPING"),
+    ("merged-words", "", "chestpain since an hour"),
+    ("run-on-letters", "", "i cant breatheeeee"),
+    # caregivers writing about a child or a parent
+    ("caregiver-infant", "my son", "He is 3 weeks old and his temperature is 100.8"),
+    ("caregiver-parent", "Dad", "My father is 80, his speech is slurred since lunch"),
+    ("caregiver-poison", "", "My toddler got into the cleaning cabinet and drank some drain cleaner"),
+    # buried in a long story
+    (
+        "buried",
+        "quick update",
+        "Thanks for the reminder about the flu shot clinic, we'll come Saturday. The kids are back at school and "
+        "my husband started his new job, which has been a lot. The dog finally got his vaccines too. Oh, and I "
+        "have had crushing pressure in my chest since this morning that goes into my jaw. Anyway, see you "
+        "Saturday!",
+    ),
+    # negation that does not cover the emergency, and resolved episodes that still count
+    ("negated-other-thing", "", "no fever, but I can't breathe"),
+    ("no-reply", "", "No, I'm not better. My chest still hurts and I'm sweating."),
+    ("never-before", "", "she's never had a seizure before and she just had one"),
+    ("history-that-returned", "", "I had a stroke years ago and now my face is drooping again"),
+    ("resolved-tia", "", "his arm went weak and his speech was slurred for 10 minutes, it's gone now"),
+    ("cant-anymore", "", "I can't breathe anymore"),
+    # Spanish
+    ("es-no-puedo-respirar", "", "no puedo respirar"),
+    ("es-me-duele-el-pecho", "", "me duele el pecho"),
+    ("es-cara-caida", "", "tiene la cara caída"),
+    ("es-no-accents-caps", "", "MI HIJO NO RESPIRA BIEN Y ESTA MORADO"),
+    ("es-caregiver", "mi papá", "a mi papá se le durmió medio cuerpo y habla raro"),
+    ("es-suicide", "", "ya no quiero vivir, me quiero matar"),
+    ("es-infant", "", "mi bebé de 4 semanas tiene calentura"),
+    ("es-buried", "", "Hola, gracias por la cita de ayer. Mi hija ya va mejor de la tos. Pero mi esposo se "
+     "desmayó hace rato y no despierta. También quería preguntar por la factura."),
+    ("es-misspelt", "", "me duele el pexo y no puedo respirar vien"),
+]
+
+# (case, subject, body): none of these is an emergency; each mentions an emergency concept it rules out.
+NOT_EMERGENCIES = [
+    ("denies", "", "Patient here - I deny any shortness of breath, I just need my inhaler refilled"),
+    ("anymore", "", "no chest pain anymore, thanks for adjusting my meds"),
+    ("history-form", "license", "the seizures stopped years ago, I need a form for my license"),
+    ("history-refill", "", "I had a heart attack in 2015 and need my statin refilled"),
+    ("hypothetical", "", "what should I do if he has another seizure at school?"),
+    ("thing-not-event", "", "please refill my seizure medication, I have a week left"),
+    ("bill", "", "I got a bill for the ambulance ride from last year"),
+    ("informational", "", "what are the warning signs of a stroke?"),
+    ("negated-list", "", "no chest pain or trouble breathing, just a runny nose"),
+    ("never", "", "I've never had chest pain, I just want a cholesterol check"),
+    ("es-negated", "", "no tengo dolor de pecho ni me falta el aire, solo tos"),
+    ("es-history", "", "tuve convulsiones de niño, necesito una carta para el trabajo"),
+    ("es-resolved", "", "ya no me duele el pecho desde que tomo las pastillas"),
+    ("es-bill", "", "me llegó la cuenta de la ambulancia del año pasado"),
+    ("cooking-not-choking", "", "my son loves cooking dinner with me, can we talk about his diet?"),
+    ("blood-pressure-not-chest-pressure", "", "my blood pressure meds make me tired, can we change them?"),
+]
+
+
+@pytest.mark.parametrize(("subject", "body"), [c[1:] for c in EMERGENCIES], ids=[c[0] for c in EMERGENCIES])
+def test_emergency_is_caught(subject: str, body: str) -> None:
+    triage = classify(subject, body)
+    assert triage.urgency == "emergency", triage.signals
+    assert emergency_check(f"{subject}\n{body}") is not None
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"), [c[1:] for c in NOT_EMERGENCIES], ids=[c[0] for c in NOT_EMERGENCIES]
+)
+def test_negated_historical_or_hypothetical_mention_is_not_an_emergency(subject: str, body: str) -> None:
+    triage = classify(subject, body)
+    assert triage.urgency != "emergency", (triage.signals, triage.explanation)
+    assert any(s.startswith("ctx:") for s in triage.signals) or "lex:" not in " ".join(triage.signals)
+
+
+@pytest.mark.parametrize(
+    ("reply", "emergent"),
+    [
+        ("now I can't breathe", True),
+        ("ahora no puedo respirar", True),
+        ("it's getting worse, his lips are turning blue", True),
+        ("thank you, see you Tuesday", False),
+        ("ok I'll pick up the refill tomorrow", False),
+        ("no chest pain now, feeling much better", False),
+    ],
+)
+def test_a_reply_is_checked_for_an_emergency(reply: str, emergent: bool) -> None:
+    triage = emergency_check(reply)
+    assert (triage is not None) is emergent
+    if triage is not None:
+        assert triage.urgency == "emergency" and triage.topic == "symptoms"
+
+
+@pytest.mark.parametrize(
+    ("body", "topic"),
+    [
+        ("Can I get a refill of my metformin sent to Walgreens?", "medication"),
+        ("Did my cholesterol results come back?", "results"),
+        ("I need to move my appointment to next Friday", "scheduling"),
+        ("Why was I charged twice for my last visit?", "billing"),
+        ("I need my immunization records for my new job", "administrative"),
+        ("Necesito cambiar mi cita para el martes", "scheduling"),
+        ("¿Ya salieron los resultados de mi análisis de sangre?", "results"),
+        ("Me cobraron dos veces la consulta", "billing"),
+    ],
+)
+def test_topic(body: str, topic: str) -> None:
+    assert classify("", body).topic == topic
+
+
+@pytest.mark.parametrize(
+    ("body", "language"),
+    [
+        ("my chest hurts", "en"),
+        ("me duele el pecho", "es"),
+        ("NO PUEDO RESPIRAR", "es"),
+        ("Hola doctora, necesito una cita", "es"),
+        ("can I get my refill?", "en"),
+    ],
+)
+def test_language(body: str, language: str) -> None:
+    assert classify("", body).language == language

@@ -117,6 +117,13 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _where(request: Request) -> str:
+    """The route's template (``/api/v1/patients/{username}/consent``), never the filled-in path: a
+    path can name a patient."""
+    route = request.scope.get("route")
+    return f"{request.method} {getattr(route, 'path', 'unmatched route')}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LockboxError)
     async def _domain(_: Request, exc: LockboxError) -> JSONResponse:
@@ -135,14 +142,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(KeyExhausted)
     async def _exhausted(request: Request, exc: KeyExhausted) -> JSONResponse:
-        log.error("key budget exhausted on %s %s: run `lockbox keys rotate`", request.method, request.url.path)
+        log.error("key budget exhausted on %s: run `lockbox keys rotate`", _where(request))
         return JSONResponse({"error": "unavailable", "detail": "Sending is paused until the encryption keys are "
                              "rotated. Your administrator has been told."}, status_code=503)
 
     @app.exception_handler(CryptoError)
     async def _crypto(request: Request, exc: CryptoError) -> JSONResponse:
         # Tampered or moved ciphertext: refuse to show it, and say so without saying what.
-        log.error("integrity failure %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        log.error("integrity failure %s on %s", type(exc).__name__, _where(request))
         return JSONResponse({"error": "integrity_error",
                              "detail": "This content failed its integrity check and cannot be shown."},
                             status_code=500)
@@ -150,15 +157,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DataError)
     async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
         # PostgreSQL refuses values SQLite takes (a NUL character in any text): bad input, not a bug.
-        log.warning("database refused a value (%s) on %s %s", type(exc.orig).__name__, request.method,
-                    request.url.path)
+        log.warning("database refused a value (%s) on %s", type(exc.orig).__name__, _where(request))
         return JSONResponse({"error": "invalid_input", "detail": "The request holds a value that cannot be "
                              "stored, such as a NUL character."}, status_code=400)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         # The exception text may quote data; log its type and place only.
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        log.error("unhandled %s on %s", type(exc).__name__, _where(request))
         return JSONResponse({"error": "internal", "detail": "Something went wrong on our side."}, status_code=500)
 
 

@@ -55,6 +55,10 @@ def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id
     thread = session.get(Thread, thread_id)
     if thread is None:
         return
+    # The only patient a thread can reach is its own; staff hear by email only when it is urgent.
+    # Most messages (a patient's routine reply to the team) therefore notify nobody: skip the queries.
+    if thread.patient_id not in recipient_ids and not (thread.urgent or thread.emergency):
+        return
     users = list(session.scalars(select(User).where(User.id.in_(recipient_ids), User.active.is_(True))))
     staff_pinged: set[str] = set()
     if thread.urgent or thread.emergency:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from lockbox.http import SESSION_COOKIE
 from lockbox.identity.enrolment import issue_enrolment_code
 from lockbox.identity.models import User
-from tests.factories import Person, make_pool, make_team, make_user
+from tests.factories import Person, add_to_pool, auth, make_pool, make_team, make_user
 from tests.identity.helpers import STRONG_PASSWORD
 from tests.web.live import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, LiveServer, live_server, require_chromium
 from tests.web.test_pages import PNG
@@ -179,6 +179,22 @@ def test_a_patient_message_reaches_the_nurse_live_and_the_answer_comes_back(
     expect(row.locator(".badge-routine, .badge-urgent, .badge-emergency").first).to_be_visible()
     _assert_no_reload(nurse)
     _shot(nurse, "inbox-desktop")
+
+    # A colleague claims it from her queue; Nina's open inbox shows it without a reload (routing tells
+    # every member of the pool).
+    tid = pat.url.rsplit("/", 1)[-1]
+    pool = httpx.get(f"{live.url}/api/v1/threads/{tid}", headers=auth(clinic.nurse)).json()["pool"]
+    lena = make_user(live.db, "nurse", username="lena.lpn")
+    add_to_pool(live.db, pool, lena)
+    colleague = _page(browser, live, lena)
+    colleague.goto("/inbox")
+    theirs = colleague.locator(f"{QUEUES} .queue-item", has_text="Refill for lisinopril")
+    expect(theirs.locator(".sla-text")).to_have_text(re.compile(r"^(Due in|Overdue by) \d"))
+    theirs.get_by_role("button", name=re.compile("^Claim")).click()
+    expect(colleague).to_have_url(re.compile(r"/inbox$"))
+    expect(row.locator(".queue-assignee")).to_have_text("Assigned to Lena.Lpn")
+    _assert_no_reload(nurse)
+    colleague.context.close()
     row.get_by_role("link").click()
     expect(nurse.locator(".msg-other .msg-body").first).to_contain_text("Three tablets left")
     expect(nurse.locator(".msg-other .attachments img")).to_be_visible()
@@ -298,6 +314,7 @@ def test_analytics_draws_its_charts_and_exports_csv(live: LiveServer, clinic: Cl
     assert volume.locator("rect.bar").count() >= 1
     assert page.locator("svg#chart-response rect.bar").count() >= 1
     assert page.locator("svg#chart-topic rect.bar").count() >= 1
+    assert page.locator("svg#chart-sla rect.bar").count() >= 1  # the answered thread met its SLA
     box = volume.bounding_box()
     assert box and box["width"] > 300 and box["height"] > 150  # drawn, not just present
     _shot(page, "analytics-desktop")

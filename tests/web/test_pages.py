@@ -357,7 +357,7 @@ def test_analytics_charts_and_csv_from_metadata(client: TestClient, clinic: Clin
     use_session(client, fresh_session(db, clinic.compliance))
     page = client.get("/analytics")
     assert page.status_code == 200
-    assert len(re.findall(r'<svg class="chart[ "]', page.text)) == 4
+    assert len(re.findall(r'<svg class="chart[ "]', page.text)) == 5
     assert re.search(r'<rect class="bar s0"[^>]*><title>Nina.Nurse, \d\d-\d\d: 1</title>', page.text)
     assert "Secret" not in page.text and "Reply body" not in page.text
     assert "1 h 30 min" in visible_text(page.text)  # the median wait in nurse triage

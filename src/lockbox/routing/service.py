@@ -370,8 +370,11 @@ def _reassign(session: Session, thread: Thread, new: str | None, *, trigger: str
            pool=thread.pool_id)
     concerned = {u for u in (previous, new, actor.user_id if actor else None) if u}
     pool = session.get(Pool, thread.pool_id) if thread.pool_id else None
-    if pool is not None and pool.lead_id:
-        concerned.add(pool.lead_id)
+    if pool is not None:
+        # Everyone watching the pool's queue sees who took the thread, so nobody answers it twice.
+        concerned |= set(session.scalars(select(PoolMember.user_id).where(PoolMember.pool_id == pool.id)))
+        if pool.lead_id:
+            concerned.add(pool.lead_id)
     publish(session, concerned, {"type": "assignment", "thread_id": thread.id, "assignee": new})
     return _assignment(session, thread)
 

@@ -23,12 +23,14 @@ from lockbox.errors import NotFound
 from lockbox.identity.models import User
 from lockbox.identity.roles import NO_CONTENT_ROLES, STAFF_ROLES
 from lockbox.messaging.models import Message, Thread
-from lockbox.routing.models import RoutingDecision
+from lockbox.routing import service as routing
+from lockbox.routing.models import RoutingDecision, RoutingState
+from lockbox.routing.rules import Sla
 from lockbox.web.views import my_pools
 
 DEFAULT_DAYS = 14
 MAX_DAYS = 90
-REPORTS = ("volume", "response", "topic", "location")
+REPORTS = ("volume", "response", "sla", "topic", "location")
 # People who answer messages; compliance and admin never send any.
 PROVIDER_ROLES = sorted(r.value for r in STAFF_ROLES - NO_CONTENT_ROLES)
 # Upper bounds (seconds) of the response-time buckets; the last is open.
@@ -108,6 +110,28 @@ class ResponseStats:
 
 
 @dataclass
+class SlaStats:
+    """Routed threads of a pool and priority: first staff reply by the due time of the first message's
+    response clock (met), after it or not yet though it has passed (missed), or not yet due (waiting)."""
+
+    pool: str | None
+    pool_name: str
+    priority: str
+    slas: set[str] = field(default_factory=set)
+    met: int = 0
+    missed: int = 0
+    waiting: int = 0
+
+    @property
+    def decided(self) -> int:
+        return self.met + self.missed
+
+    @property
+    def share(self) -> float | None:
+        return 100 * self.met / self.decided if self.decided else None
+
+
+@dataclass
 class Report:
     scope: Scope
     window: Window
@@ -115,6 +139,7 @@ class Report:
     responses: list[ResponseStats]
     topics: list[tuple[str, int]]
     locations: list[tuple[str, int]]
+    sla: list[SlaStats] = field(default_factory=list)
 
 
 def scope_for(session: Session, actor: Actor) -> Scope:
@@ -206,6 +231,56 @@ def response_times(session: Session, *, scope: Scope, window: Window) -> list[Re
     return sorted(stats.values(), key=lambda s: (s.pool_name, PRIORITIES.index(s.priority)))
 
 
+def sla_compliance(session: Session, *, scope: Scope, window: Window, now: datetime) -> list[SlaStats]:
+    """Per pool and priority, from routing's response clocks: each routed thread started in the window is
+    held to the SLA its first decision armed (a later re-triage has its own clock, not counted here)."""
+    query = (select(RoutingState.thread_id, RoutingState.priority, RoutingState.sla, Thread.pool_id)
+             .join(Thread, Thread.id == RoutingState.thread_id)
+             .where(Thread.created_at >= window.since, Thread.created_at < window.until))
+    if not scope.everyone:
+        query = query.where(scope.threads())
+    clocks = list(session.execute(query))
+    if not clocks:
+        return []
+    ids = [c.thread_id for c in clocks]
+    first: dict[str, RoutingDecision] = {}
+    for row in session.scalars(select(RoutingDecision).where(RoutingDecision.thread_id.in_(ids),
+                                                             RoutingDecision.trigger == "message")
+                               .order_by(RoutingDecision.created_at.desc(), RoutingDecision.id.desc())):
+        first[row.thread_id] = row  # oldest last, so it stays
+    answered = dict(session.execute(
+        select(Message.thread_id, func.min(Message.created_at)).join(User, User.id == Message.sender_id)
+        .where(Message.thread_id.in_(ids), Message.kind == "message", User.role.in_(PROVIDER_ROLES))
+        .group_by(Message.thread_id)).all())
+    rules = routing.rules_for(session, alerts=False)
+    names = {k: v for k, v in session.execute(select(Pool.id, Pool.name))}
+    stats: dict[tuple[str | None, str], SlaStats] = {}
+    for c in clocks:
+        dec = first.get(c.thread_id)
+        if dec is None:
+            continue
+        sla_text = str((dec.phases or {}).get("rules", {}).get("sla") or c.sla)
+        try:
+            due = rules.due(dec.created_at, Sla.parse(sla_text))
+        except ValueError:
+            continue
+        priority = dec.urgency if dec.urgency in PRIORITIES else c.priority
+        key = (c.pool_id, priority)
+        if key not in stats:
+            stats[key] = SlaStats(c.pool_id, names.get(c.pool_id, c.pool_id) if c.pool_id else NO_POOL, priority)
+        st = stats[key]
+        st.slas.add(sla_text)
+        at = answered.get(c.thread_id)
+        if at is not None and at <= due:
+            st.met += 1
+        elif at is not None or now > due:
+            st.missed += 1
+        else:
+            st.waiting += 1
+    return sorted(stats.values(), key=lambda s: (s.pool_name, PRIORITIES.index(s.priority)
+                                                 if s.priority in PRIORITIES else 9))
+
+
 def topic_share(session: Session, *, scope: Scope, window: Window) -> list[tuple[str, int]]:
     """Routed patient messages by topic (one routing decision per routed message)."""
     n = func.count().label("n")
@@ -233,11 +308,13 @@ def location_share(session: Session, *, scope: Scope, window: Window) -> list[tu
 
 def report(session: Session, *, actor: Actor, days: int = DEFAULT_DAYS) -> Report:
     scope = scope_for(session, actor)
-    window = window_for(runtime_of(session).clock.now(), days)
+    now = runtime_of(session).clock.now()
+    window = window_for(now, days)
     return Report(scope, window, message_volume(session, scope=scope, window=window),
                   response_times(session, scope=scope, window=window),
                   topic_share(session, scope=scope, window=window),
-                  location_share(session, scope=scope, window=window))
+                  location_share(session, scope=scope, window=window),
+                  sla_compliance(session, scope=scope, window=window, now=now))
 
 
 # -- CSV export ------------------------------------------------------------------------------------
@@ -265,6 +342,11 @@ def _rows(rep: Report, name: str) -> list[list[object]]:
                 *(f"answered_{label.replace(' ', '_')}" for _, label in BUCKETS)]]
         out += [[s.pool_name, s.priority, s.answered, s.waiting, _minutes(s.median_s), _minutes(s.p90_s), *s.buckets]
                 for s in rep.responses]
+        return out
+    if name == "sla":
+        out = [["pool", "priority", "sla", "met", "missed", "waiting", "met_percent"]]
+        out += [[s.pool_name, s.priority, " ".join(sorted(s.slas)), s.met, s.missed, s.waiting,
+                 "" if s.share is None else f"{s.share:.1f}"] for s in rep.sla]
         return out
     pairs = rep.topics if name == "topic" else rep.locations
     total = sum(n for _, n in pairs) or 1

@@ -92,8 +92,10 @@ def stacked_columns(chart_id: str, title: str, labels: Sequence[str], series: Se
 
 
 def horizontal_bars(chart_id: str, title: str, rows: Sequence[tuple[str, float, str]], *, desc: str = "",
-                    markers: Sequence[float | None] | None = None, unit: str = "", width: int = 720) -> Markup:
-    """One bar per row: (label, value, text shown after the bar). ``markers`` draws a tick per row (a p90).
+                    markers: Sequence[float | None] | None = None, unit: str = "", width: int = 720,
+                    top_value: float | None = None) -> Markup:
+    """One bar per row: (label, value, text shown after the bar). ``markers`` draws a tick per row (a p90);
+    ``top_value`` fixes the scale (100 for shares), which otherwise fits the largest value.
 
     ``width`` is the drawing's own width: a chart meant for half a page gets a narrower one, so its
     text is not scaled down with it."""
@@ -102,7 +104,7 @@ def horizontal_bars(chart_id: str, title: str, rows: Sequence[tuple[str, float, 
     bar_h, gap, top = 20, 10, 8
     height = top + max(1, len(rows)) * (bar_h + gap) + 24
     values = [v for _, v, _ in rows] + [m for m in (markers or []) if m is not None]
-    vmax = _nice_max(max(values, default=0))
+    vmax = top_value or _nice_max(max(values, default=0))
     plot_w = width - left - right
     out = _open(chart_id, width, height, title, desc or title)
     for i, (label, value, text) in enumerate(rows):

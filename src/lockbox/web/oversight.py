@@ -105,6 +105,12 @@ def _charts(rep: analytics.Report) -> dict[str, Markup]:
     response = charts.horizontal_bars("chart-response", "Median time to first staff reply, per pool and priority",
                                       rows, markers=[(s.p90_s or 0) / scale for s in answered], unit=unit,
                                       desc="Bars: the median wait; tick: the 90th percentile")
+    judged = [s for s in rep.sla if s.share is not None]
+    sla = charts.horizontal_bars("chart-sla", "Share of routed threads answered within their SLA, per pool and "
+                                 "priority", [(f"{s.pool_name} · {s.priority}", s.share or 0,
+                                               f"{s.share:.0f}% ({s.met} of {s.decided})") for s in judged],
+                                 unit="%", top_value=100,
+                                 desc="Bars: the share of threads whose first staff reply came by the due time")
     total_topics = sum(n for _, n in rep.topics) or 1
     topic = charts.horizontal_bars("chart-topic", "Share of routed messages by topic",
                                    [(t, 100 * n / total_topics, f"{100 * n / total_topics:.0f}% ({n})")
@@ -113,7 +119,7 @@ def _charts(rep: analytics.Report) -> dict[str, Markup]:
     location = charts.horizontal_bars("chart-location", "Share of new patient threads by location",
                                       [(loc, 100 * n / total_loc, f"{100 * n / total_loc:.0f}% ({n})")
                                        for loc, n in rep.locations], unit="%", width=440)
-    return {"volume": volume, "response": response, "topic": topic, "location": location}
+    return {"volume": volume, "response": response, "sla": sla, "topic": topic, "location": location}
 
 
 @router.get("/analytics")

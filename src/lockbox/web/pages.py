@@ -4,10 +4,12 @@ the form, run one unit of work as the signed-in user, render or redirect."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request, Response
 from pydantic import ValidationError
+from starlette.datastructures import FormData
 
 from lockbox.access.actor import Actor
 from lockbox.consent import service as consent
@@ -17,6 +19,8 @@ from lockbox.errors import ConfirmRecipients, LockboxError, NotFound, Unauthenti
 from lockbox.http import state
 from lockbox.messaging import schemas
 from lockbox.messaging import service as messaging
+from lockbox.routing import service as routing
+from lockbox.routing.schemas import TransferRequest
 from lockbox.web import views
 from lockbox.web.common import (
     base_context,
@@ -191,6 +195,60 @@ async def close(request: Request, thread_id: str) -> Response:
     form = await read_form(request)
     await as_user_posting(request, form_text(form, CSRF_FIELD, 200), messaging.close_thread, thread_id=tid)
     return redirect(f"/t/{tid}")
+
+
+# -- routing: claim, release, transfer, call-back ------------------------------------------------
+
+
+async def _routing_action(request: Request, tid: str, form: FormData, fn: Callable[..., object],
+                          **kwargs: Any) -> Response:
+    """Run a routing service call for the thread; a refusal is shown on the thread page, as a reply's is."""
+    try:
+        await as_user_posting(request, form_text(form, CSRF_FIELD, 200), fn, thread_id=tid, **kwargs)
+    except (Unauthenticated, CsrfRefused):
+        raise
+    except LockboxError as exc:
+        # The plain "not found" is an outsider's answer (the 404 page); a named one ("no open call-back")
+        # is news about a thread the caller can see.
+        if isinstance(exc, NotFound) and exc.detail == NotFound.detail:
+            raise
+        return await _thread_error(request, tid, exc.status, exc.detail)
+    # A claim from the queue stays on the queue; only a fixed value is honoured, never a URL.
+    return redirect("/inbox" if form_text(form, "next", 10) == "inbox" else f"/t/{tid}")
+
+
+async def _thread_error(request: Request, tid: str, status: int, error: str) -> Response:
+    actor, page = await as_user(request, views.open_thread, write=True, thread_id=tid, mark_read=False)
+    return _thread_page(request, actor, page, status=status, routing_error=error)
+
+
+@router.post("/t/{thread_id}/claim")
+async def claim(request: Request, thread_id: str) -> Response:
+    tid = page_id(thread_id)
+    return await _routing_action(request, tid, await read_form(request), routing.claim)
+
+
+@router.post("/t/{thread_id}/release")
+async def release(request: Request, thread_id: str) -> Response:
+    tid = page_id(thread_id)
+    return await _routing_action(request, tid, await read_form(request), routing.release)
+
+
+@router.post("/t/{thread_id}/transfer")
+async def transfer(request: Request, thread_id: str) -> Response:
+    tid = page_id(thread_id)
+    form = await read_form(request)
+    try:
+        data = TransferRequest(to=form_text(form, "to", 200).strip())
+    except ValidationError:
+        return await _thread_error(request, tid, 400, "Name the colleague by their username to transfer to.")
+    return await _routing_action(request, tid, form, routing.transfer, to=data.to)
+
+
+@router.post("/t/{thread_id}/callback/complete")
+async def callback_done(request: Request, thread_id: str) -> Response:
+    tid = page_id(thread_id)
+    return await _routing_action(request, tid, await read_form(request), routing.complete_callback)
 
 
 # -- clinician inbox -------------------------------------------------------------------------------

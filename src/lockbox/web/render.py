@@ -76,6 +76,10 @@ def filesize(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MB"
 
 
+TIER_LABELS = {"pool_lead": "the pool lead", "on_call": "on call", "pool": "the whole pool",
+               "on_call_physician": "the on-call physician"}
+
+
 def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES_DIR),
@@ -86,7 +90,8 @@ def _env() -> Environment:
     )
     env.globals.update(static=static_url)
     env.filters.update(iso=iso, utc=utc_text, duration=duration, age=age, filesize=filesize,
-                       role=lambda r: ROLE_LABELS.get(str(r), str(r)))
+                       role=lambda r: ROLE_LABELS.get(str(r), str(r)),
+                       tier=lambda t: TIER_LABELS.get(str(t), str(t).replace("_", " ")))
     return env
 
 

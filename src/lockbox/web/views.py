@@ -4,20 +4,25 @@ plus small directory look-ups (the caller's pools, display names, a patient's ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from lockbox.access.actor import Actor
+from lockbox.audit.models import AuditRow
 from lockbox.consent import service as consent
+from lockbox.db.uow import runtime_of
 from lockbox.directory.models import Pool, PoolMember
 from lockbox.errors import NotFound
 from lockbox.identity.models import Patient, User
 from lockbox.identity.roles import NO_CONTENT_ROLES, Role
 from lockbox.messaging import schemas
 from lockbox.messaging import service as messaging
-from lockbox.messaging.models import Participant
+from lockbox.messaging.models import Message, Participant
+from lockbox.routing import service as routing
+from lockbox.routing.models import CallbackTask, RoutingDecision, RoutingState
+from lockbox.routing.rules import Sla
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,40 @@ class Queue:
     threads: list[schemas.ThreadSummary]
 
 
+@dataclass(frozen=True)
+class Clock:
+    """A routed thread's response clock as the pages show it: when the waiting patient message is due,
+    and how far the escalation ladder has climbed."""
+
+    priority: str
+    sla: str
+    waiting: bool  # a patient message no staff member has read, answered or claimed yet
+    due_at: datetime | None  # when the waiting message's response is (was) due
+    escalations: int
+    tier: str | None  # the last tier notified
+    escalated_at: datetime | None
+
+    def overdue(self, now: datetime) -> bool:
+        return self.waiting and self.due_at is not None and now >= self.due_at
+
+    def seconds_left(self, now: datetime) -> float:
+        return (self.due_at - now).total_seconds() if self.due_at is not None else 0.0
+
+
+@dataclass(frozen=True)
+class Callback:
+    id: str
+    created_at: datetime
+    due_at: datetime
+
+
 @dataclass
 class Inbox:
     queues: list[Queue]
     mine: list[schemas.ThreadSummary]
     others: list[schemas.ThreadSummary]
+    clocks: dict[str, Clock] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # assignee id -> display name
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,14 @@ class ThreadPage:
     detail: schemas.ThreadDetail
     patient: PatientCard | None
     names: dict[str, str] = field(default_factory=dict)
+    clock: Clock | None = None
+    callback: Callback | None = None
+    assignee: str | None = None  # the assignee's display name
+    colleagues: list[tuple[str, str]] = field(default_factory=list)  # transfer targets: (username, name)
+    leads_pool: bool = False  # the caller leads the thread's pool (and may release it from anyone)
+    # The rule and explanation of the latest decision a message caused; a claim or transfer since
+    # does not replace why the thread went where it did.
+    routed: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +130,78 @@ def inbox(session: Session, *, actor: Actor) -> Inbox:
     mine = [t for t in visible if t.id in member_of or t.assignee == actor.user_id]
     shown = queued | {t.id for t in mine}
     others = [t for t in visible if t.id not in shown]
-    return Inbox(queues, mine, others)
+    listed = [t for q in queues for t in q.threads] + mine + others
+    now = runtime_of(session).clock.now()
+    return Inbox(queues, mine, others, clocks(session, list({t.id for t in listed}), now),
+                 display_names(session, {t.assignee for t in listed if t.assignee}))
+
+
+def display_names(session: Session, ids: set[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    return {k: v for k, v in session.execute(select(User.id, User.display_name).where(User.id.in_(ids)))}
+
+
+def clocks(session: Session, thread_ids: list[str], now: datetime) -> dict[str, Clock]:
+    """The response clocks of these threads, in a few queries whatever their number.
+
+    The stored clock stops only when its timer fires; a read, a reply or a claim since then already
+    stopped it in routing's eyes (``escalation.fire``), so the page applies the same test now."""
+    if not thread_ids:
+        return {}
+    states = list(session.scalars(select(RoutingState).where(RoutingState.thread_id.in_(thread_ids))))
+    if not states:
+        return {}
+    ids = [s.thread_id for s in states]
+    staff = User.role != Role.patient
+    read = dict(session.execute(select(Participant.thread_id, func.max(Participant.last_read_seq))
+                                .join(User, User.id == Participant.user_id)
+                                .where(Participant.thread_id.in_(ids), staff).group_by(Participant.thread_id)).all())
+    wrote = dict(session.execute(select(Message.thread_id, func.max(Message.seq))
+                                 .join(User, User.id == Message.sender_id)
+                                 .where(Message.thread_id.in_(ids), staff).group_by(Message.thread_id)).all())
+    last: dict[str, AuditRow] = {}
+    escalated = [s.thread_id for s in states if s.escalations]
+    if escalated:
+        for row in session.scalars(select(AuditRow).where(AuditRow.action == "routing.thread.escalate",
+                                                          AuditRow.subject_id.in_(escalated))
+                                   .order_by(AuditRow.seq)):
+            last[str(row.subject_id)] = row
+    rules = None
+    out: dict[str, Clock] = {}
+    for st in states:
+        ack = max(int(read.get(st.thread_id) or 0), int(wrote.get(st.thread_id) or 0))
+        claimed = st.acknowledged_at is not None and st.pending_since is not None \
+            and st.acknowledged_at >= st.pending_since
+        waiting = st.pending_seq is not None and ack < st.pending_seq and not claimed
+        due = st.due_at
+        if waiting and st.step and st.pending_since is not None:
+            # Each escalation moves the stored due time on to the next tier's; the response was due
+            # at the first one.
+            rules = rules or routing.rules_for(session, alerts=False)
+            due = rules.due(st.pending_since, Sla.parse(st.sla))
+        esc = last.get(st.thread_id)
+        out[st.thread_id] = Clock(st.priority, st.sla, waiting, due if waiting else None, st.escalations,
+                                  str(esc.details.get("tier")) if esc is not None else None,
+                                  esc.at if esc is not None else None)
+    return out
+
+
+def open_callback(session: Session, thread_id: str) -> Callback | None:
+    task = session.scalar(select(CallbackTask).where(CallbackTask.thread_id == thread_id,
+                                                     CallbackTask.completed_at.is_(None))
+                          .order_by(CallbackTask.created_at).limit(1))
+    return Callback(task.id, task.created_at, task.due_at) if task is not None else None
+
+
+def colleagues(session: Session, *, actor: Actor, pool_id: str | None) -> list[tuple[str, str]]:
+    """Whom a thread is usually handed to: its pool's other members (anyone clinical may be typed in)."""
+    if pool_id is None:
+        return []
+    rows = session.execute(select(User.username, User.display_name).join(PoolMember, PoolMember.user_id == User.id)
+                           .where(PoolMember.pool_id == pool_id, User.active.is_(True), User.id != actor.user_id)
+                           .order_by(User.display_name).limit(200))
+    return [(r.username, r.display_name) for r in rows]
 
 
 @dataclass
@@ -119,7 +232,21 @@ def open_thread(session: Session, *, actor: Actor, thread_id: str, mark_read: bo
         p = session.get(Patient, detail.patient.id)
         if p is not None:
             card = PatientCard(detail.patient.display_name, p.birth_date, p.mrn)
-    return ThreadPage(detail, card, names)
+    page = ThreadPage(detail, card, names)
+    if not actor.is_patient:
+        page.clock = clocks(session, [thread_id], runtime_of(session).clock.now()).get(thread_id)
+        page.callback = open_callback(session, thread_id)
+        page.assignee = display_names(session, {detail.assignee}).get(detail.assignee or "") \
+            if detail.assignee else None
+        page.colleagues = colleagues(session, actor=actor, pool_id=detail.pool)
+        page.leads_pool = detail.pool is not None and session.scalar(
+            select(Pool.lead_id).where(Pool.id == detail.pool)) == actor.user_id
+        why = session.execute(select(RoutingDecision.rule, RoutingDecision.explanation)
+                              .where(RoutingDecision.thread_id == thread_id,
+                                     RoutingDecision.trigger.in_(("message", "reply")))
+                              .order_by(RoutingDecision.created_at.desc(), RoutingDecision.id.desc()).limit(1)).first()
+        page.routed = (why.rule, why.explanation) if why is not None else None
+    return page
 
 
 def start_thread(session: Session, *, actor: Actor, data: schemas.ThreadCreate,

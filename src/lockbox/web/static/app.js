@@ -1,4 +1,4 @@
-/* Lockbox pages: automatic logoff, live updates over the WebSocket, local times.
+/* Lockbox pages: automatic logoff, live updates over the WebSocket, local times, response countdowns.
    No framework and no inline script: the page CSP allows only this file. */
 (function () {
   'use strict';
@@ -37,6 +37,44 @@
   }
 
   localTimes();
+
+  // -- response clocks (SLA) --------------------------------------------------------------------
+  // Each [data-due] counts down from the server's own "now" when it was drawn, so a wrong clock on
+  // this computer does not move the deadline.
+  function slaText(s) {
+    var a = Math.abs(s);
+    var t;
+    if (a < 60) { t = Math.floor(a) + ' s'; } else {
+      var m = Math.floor(a / 60);
+      if (m < 60) { t = m + ' min'; } else {
+        var h = Math.floor(m / 60);
+        m = m % 60;
+        t = h < 48 ? (h + ' h' + (m ? ' ' + m + ' min' : '')) : (Math.floor(h / 24) + ' d ' + (h % 24) + ' h');
+      }
+    }
+    return s > 0 ? 'Due in ' + t : 'Overdue by ' + t;
+  }
+  function slaTick() {
+    document.querySelectorAll('[data-due]').forEach(function (el) {
+      if (el.slaLeft === undefined) {
+        var due = Date.parse(el.getAttribute('data-due'));
+        var drawn = Date.parse(el.getAttribute('data-now'));
+        if (isNaN(due) || isNaN(drawn)) { return; }
+        el.slaLeft = (due - drawn) / 1000;
+        el.slaSeen = performance.now();
+      }
+      var left = el.slaLeft - (performance.now() - el.slaSeen) / 1000;
+      var text = el.querySelector('.sla-text');
+      if (text) { text.textContent = slaText(left > 0 ? Math.ceil(left) : Math.floor(left)); }
+      var late = left <= 0;
+      el.classList.toggle('is-overdue', late);
+      var row = el.closest('.queue-item');
+      if (row) { row.classList.toggle('is-overdue', late); }
+    });
+  }
+  slaTick();
+  window.setInterval(slaTick, 1000);
+
   // Charts wider than a phone scroll sideways; the newest days are at the right end.
   function scrollChartsToEnd() {
     document.querySelectorAll('[data-scroll-end]').forEach(function (el) { el.scrollLeft = el.scrollWidth; });
@@ -187,9 +225,20 @@
         if (html === null || finished) { return; }
         var active = document.activeElement;
         var focusHref = active && el.contains(active) ? active.getAttribute('href') : null;
+        var focusId = active && el.contains(active) && active.id ? active.id : null;
+        // What someone is typing in a form of the region (a transfer's username) survives the refresh.
+        var typed = {};
+        el.querySelectorAll('input[type="text"][id]').forEach(function (i) { if (i.value) { typed[i.id] = i.value; } });
         el.innerHTML = html;
         localTimes(el);
-        if (focusHref) {
+        slaTick();
+        Object.keys(typed).forEach(function (id) {
+          var input = document.getElementById(id);
+          if (input && el.contains(input)) { input.value = typed[id]; }
+        });
+        if (focusId && document.getElementById(focusId)) {
+          document.getElementById(focusId).focus();
+        } else if (focusHref) {
           var again = el.querySelector('a[href="' + window.CSS.escape(focusHref) + '"]');
           if (again) { again.focus(); }
         }

@@ -19,6 +19,7 @@ from lockbox.audit.schemas import AlertOut, AuditRowOut
 from lockbox.audit.verify import Report, verify
 from lockbox.db.uow import runtime_of
 from lockbox.errors import NotFound
+from lockbox.identifiers import require_identifiers
 from lockbox.identity.roles import Role
 
 if TYPE_CHECKING:
@@ -28,24 +29,11 @@ if TYPE_CHECKING:
 AUDITOR_ROLES = frozenset({Role.compliance, Role.admin})
 MAX_PAGE = 1000
 
-# Audit details carry identifiers, counts and flags only; free text could smuggle PHI into the log.
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:@/+-]{0,80}$")
 _ACTION = re.compile(r"^[a-z_]+(\.[a-z_]+){1,3}$")
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _check_details(details: dict[str, Any]) -> dict[str, Any]:
-    for key, value in details.items():
-        if not _KEY.fullmatch(key):
-            raise ValueError("audit detail names are identifiers")
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if v is None or isinstance(v, bool | int):
-                continue
-            # fullmatch: with match(), "$" also accepts a trailing newline.
-            if not isinstance(v, str) or not _SAFE_VALUE.fullmatch(v):
-                raise ValueError(f"audit detail {key!r} is not an identifier")
-    return details
+    return require_identifiers(details, what="audit detail")
 
 
 def record(

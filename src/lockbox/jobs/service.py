@@ -4,7 +4,6 @@ job runs once however many workers race; on SQLite the single writer serialises 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,9 +13,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from lockbox.db.uow import after_commit, runtime_of
+from lockbox.identifiers import require_identifiers
 from lockbox.jobs.models import Job
 
-_SAFE = re.compile(r"^[A-Za-z0-9_.:@/+-]{0,200}$")
 LEASE_S = 120
 MAX_BACKOFF_S = 3600
 
@@ -71,13 +70,7 @@ def off_enqueue(callback: Callable[[], None]) -> None:
 
 
 def _check_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    for key, value in payload.items():
-        for v in value if isinstance(value, list) else [value]:
-            if v is None or isinstance(v, bool | int | float):
-                continue
-            if not isinstance(v, str) or not _SAFE.match(v):
-                raise ValueError(f"job payload {key!r} is not an identifier")
-    return payload
+    return require_identifiers(payload, what="job payload", max_len=200)
 
 
 def enqueue(

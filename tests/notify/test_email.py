@@ -72,8 +72,8 @@ def test_patient_gets_one_phi_free_email_for_a_new_message(client: TestClient, c
     assert drain(worker) == 0 and len(smtp.mails) == 1
 
 
-def test_notifications_coalesce_per_thread_until_sent(client: TestClient, clinic: Clinic, db: Database,
-                                                      worker: Worker, smtp: Sink) -> None:
+def test_notifications_coalesce_per_thread_until_read(client: TestClient, clinic: Clinic, db: Database,
+                                                      worker: Worker, smtp: Sink, clock: FrozenClock) -> None:
     set_contact(db, clinic.patient, email=PAT_EMAIL)
     thread_id = doctor_writes(client, clinic)
     doctor = Api(client, clinic.doctor)
@@ -84,6 +84,11 @@ def test_notifications_coalesce_per_thread_until_sent(client: TestClient, clinic
     drain(worker)
     assert len(smtp.mails) == 2
     doctor.post(f"/threads/{thread_id}/messages", json={"body": "one more, after the email went"})
+    drain(worker)
+    assert len(smtp.mails) == 2  # already told, not yet read: no second email for the thread
+    clock.advance(60)
+    assert Api(client, clinic.patient).post(f"/threads/{thread_id}/read").status_code == 204
+    doctor.post(f"/threads/{thread_id}/messages", json={"body": "and one after they read"})
     drain(worker)
     assert len(smtp.mails) == 3
 

@@ -82,6 +82,8 @@ def queue(session: Session, *, user: User, channel: str, kind: str, thread_id: s
     newest = _newest(session, user.id, thread_id, channel, kind) if thread_id else None
     if newest is not None and newest.status in PENDING:
         return None
+    if newest is not None and kind == "new_message" and _told_since_last_read(session, user.id, newest):
+        return None  # one "you have a new message" per thread until they have read it
     reason = None
     if not consent.allows_notification(session, user_id=user.id, channel=channel):
         reason = OPTED_OUT
@@ -105,6 +107,14 @@ def queue(session: Session, *, user: User, channel: str, kind: str, thread_id: s
     jobs.enqueue(session, kind=DELIVER, payload={"notification_id": n.id}, run_at=send_after,
                  max_attempts=rt.settings.notify_max_attempts)
     return n
+
+
+def _told_since_last_read(session: Session, user_id: str, newest: Notification) -> bool:
+    if newest.status != "sent" or newest.sent_at is None or newest.thread_id is None:
+        return False
+    last_read = session.scalar(select(Participant.last_read_at).where(
+        Participant.thread_id == newest.thread_id, Participant.user_id == user_id))
+    return last_read is None or last_read < newest.sent_at
 
 
 def _newest(session: Session, user_id: str, thread_id: str, channel: str, kind: str) -> Notification | None:

@@ -41,6 +41,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", ["sqlite", "postgresql"], scope="session")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _worker() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
@@ -54,6 +64,11 @@ def pg_url() -> Iterator[str]:
         pytest.skip(reason)
     name = f"lockbox_test_{_worker()}_{os.getpid()}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        # Databases left by runs that were killed before their teardown (their process is gone).
+        for (stale,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'lockbox_test_%'"):
+            pid = stale.rsplit("_", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                conn.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_DSN.rsplit("/", 1)[0]

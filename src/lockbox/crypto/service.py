@@ -96,29 +96,21 @@ def rotate_keys(
         db.write_sync(_record_phase, version=version, phase="new_version", count=0)
     result = Rotation(version=version, resumed=resumed)
 
-    after = ""
-    while True:
-        done, unreadable, after_id = db.write_sync(_rewrap_threads, keyring=keyring, version=version, after=after,
-                                                   limit=batch_size)
-        result.threads += done
-        result.unreadable += unreadable
-        if progress is not None:
-            progress("threads", result.threads + len(result.unreadable), behind_threads)
-        if after_id is None:
-            break
-        after = after_id
-
-    after = ""
-    while True:
-        done, unreadable, after_id = db.write_sync(_reseal_secrets, keyring=keyring, version=version, after=after,
-                                                   limit=batch_size)
-        result.secrets += done
-        result.unreadable += unreadable
-        if progress is not None:
-            progress("secrets", result.secrets, behind_secrets)
-        if after_id is None:
-            break
-        after = after_id
+    # Thread data keys, then TOTP secrets: each batch is its own committed unit, so a stopped run resumes.
+    for kind, step, behind in (("threads", _rewrap_threads, behind_threads),
+                               ("secrets", _reseal_secrets, behind_secrets)):
+        after, handled = "", 0
+        while True:
+            done, unreadable, after_id = db.write_sync(step, keyring=keyring, version=version, after=after,
+                                                       limit=batch_size)
+            setattr(result, kind, getattr(result, kind) + done)
+            result.unreadable += unreadable
+            handled += done + len(unreadable)
+            if progress is not None:
+                progress(kind, handled, behind)
+            if after_id is None:
+                break
+            after = after_id
 
     db.write_sync(_record_phase, version=version, phase="complete", count=result.threads + result.secrets)
     return result

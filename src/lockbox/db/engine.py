@@ -231,16 +231,16 @@ class Database:
         if head is not None:
             try:
                 self.runtime.audit_head(*head)
-            except Exception:
-                log.exception("could not record the audit head outside the database")
+            except Exception as exc:  # the type only: an exception's text may quote data
+                log.error("could not record the audit head outside the database: %s", type(exc).__name__)
         for unit, result, _ in done:
             unit.future.set_result(result)
         for _, _, callbacks in done:
             for cb in callbacks:
                 try:
                     cb()
-                except Exception:
-                    log.exception("after-commit callback failed")
+                except Exception as exc:
+                    log.error("after-commit callback failed: %s", type(exc).__name__)
 
     def close(self) -> None:
         if self._closed:
@@ -251,8 +251,8 @@ class Database:
             # Sign the head at shutdown, so a later cut of the tail is provable from the database alone.
             try:
                 self.write_sync(checkpoint_head)
-            except Exception:
-                log.exception("could not sign the audit head at shutdown")
+            except Exception as exc:
+                log.error("could not sign the audit head at shutdown: %s", type(exc).__name__)
         self._closed = True
         if self._writer is not None:
             self._queue.put(None)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lockbox.messaging.schemas import Routing
+
 
 class TransferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -40,15 +42,11 @@ class DutyOut(BaseModel):
     on_call: list[str] = Field(description="Pools they are on call for now")
 
 
-class DecisionOut(BaseModel):
+class DecisionOut(Routing):
+    """The contract's ``routing`` object, with what produced it."""
+
     id: str
     trigger: str
-    urgency: str
-    topic: str
-    pool: str | None
-    assignee: str | None
-    rule: str
-    explanation: str
     phases: dict[str, Any]
     created_at: datetime
 

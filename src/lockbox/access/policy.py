@@ -19,7 +19,8 @@ from lockbox.db.base import UTCDateTime
 from lockbox.db.uow import runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import Forbidden, InvalidInput, NotFound
-from lockbox.identity.roles import CLINICAL_ROLES, NON_CLINICAL_STAFF, Role
+from lockbox.identity.models import Patient, User
+from lockbox.identity.roles import CLINICAL_ROLES, NO_CONTENT_ROLES, NON_CLINICAL_STAFF, Role
 from lockbox.messaging.models import Participant, Thread
 
 BREAK_GLASS_HOURS = 8
@@ -146,3 +147,36 @@ def break_glass(session: Session, actor: Actor, thread_id: str, reason: str) -> 
     raise_alert(session, kind="break_glass", actor_id=actor.user_id, subject_type="thread", subject_id=thread_id,
                 grant_id=grant.id)
     return grant
+
+
+def _cares_for(session: Session, actor: Actor, patient_id: str) -> bool:
+    """PCP, the patient's care team, or a thread together."""
+    patient = session.get(Patient, patient_id)
+    if patient is None:
+        return False
+    if patient.pcp_id == actor.user_id:
+        return True
+    if patient.care_team_id is not None and session.scalar(select(exists().where(
+            CareTeamMember.care_team_id == patient.care_team_id, CareTeamMember.user_id == actor.user_id))):
+        return True
+    return bool(session.scalar(select(exists().where(
+        Thread.patient_id == patient_id, Participant.thread_id == Thread.id,
+        Participant.user_id == actor.user_id, Participant.kind == "member"))))
+
+
+def patient_for_staff(session: Session, actor: Actor, username: str, *, write: bool) -> User:
+    """A patient's record (consent, not messages) for staff. Clinicians who care for the patient and the
+    front desk, which takes paper consent forms at check-in, may change it; compliance and admin may
+    read it (metadata, never content). Anyone else finds no such patient."""
+    if actor.is_patient:
+        raise NotFound()
+    patient = session.scalar(select(User).where(User.username == username, User.role == Role.patient))
+    if patient is None:
+        raise NotFound()
+    if actor.role == Role.scheduler:
+        return patient
+    if actor.role in CLINICAL_ROLES and _cares_for(session, actor, patient.id):
+        return patient
+    if not write and actor.role in NO_CONTENT_ROLES:
+        return patient
+    raise NotFound()

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lockbox.access import policy
 from lockbox.audit.service import record
 from lockbox.consent import schemas
 from lockbox.consent.exceptions import NothingToWithdraw
 from lockbox.consent.models import ConsentRecord
 from lockbox.db.uow import runtime_of
-from lockbox.directory.models import CareTeamMember
 from lockbox.errors import ConsentRequired, NotFound
 from lockbox.identity.models import Patient, User
-from lockbox.identity.roles import CLINICAL_ROLES, NO_CONTENT_ROLES, Role
-from lockbox.messaging.models import Participant, Thread
 
 if TYPE_CHECKING:
     from lockbox.access.actor import Actor
@@ -105,41 +103,8 @@ def require_messaging_consent(session: Session, *, patient_id: str) -> None:
 # -- the API's services ----------------------------------------------------------------------------
 
 
-def _find_patient(session: Session, username: str) -> User:
-    user = session.scalar(select(User).where(User.username == username, User.role == Role.patient))
-    if user is None:
-        raise NotFound()
-    return user
-
-
-def _cares_for(session: Session, actor: Actor, patient_id: str) -> bool:
-    patient = session.get(Patient, patient_id)
-    if patient is None:
-        return False
-    if patient.pcp_id == actor.user_id:
-        return True
-    if patient.care_team_id is not None and session.scalar(select(exists().where(
-            CareTeamMember.care_team_id == patient.care_team_id, CareTeamMember.user_id == actor.user_id))):
-        return True
-    return bool(session.scalar(select(exists().where(
-        Thread.patient_id == patient_id, Participant.thread_id == Thread.id,
-        Participant.user_id == actor.user_id, Participant.kind == "member"))))
-
-
 def _patient_for_staff(session: Session, actor: Actor, username: str, *, write: bool) -> User:
-    """Clinicians who care for the patient (PCP, care team, a thread together) and the front desk, which
-    takes paper consent forms at check-in, may record; compliance and admin may also read the record
-    (metadata, never content). Anyone else finds no such patient."""
-    if actor.is_patient:
-        raise NotFound()
-    patient = _find_patient(session, username)
-    if actor.role == Role.scheduler:
-        return patient
-    if actor.role in CLINICAL_ROLES and _cares_for(session, actor, patient.id):
-        return patient
-    if not write and actor.role in NO_CONTENT_ROLES:
-        return patient
-    raise NotFound()
+    return policy.patient_for_staff(session, actor, username, write=write)
 
 
 def _records(session: Session, patient_id: str) -> list[ConsentRecord]:
@@ -177,14 +142,14 @@ def _change(session: Session, actor: Actor, patient: User, data: schemas.Consent
 def my_consent(session: Session, *, actor: Actor) -> schemas.ConsentOverview:
     if not actor.is_patient:
         raise NotFound()
-    return _overview(session, _find_patient(session, actor.username))
+    return _overview(session, session.get_one(User, actor.user_id))
 
 
 def change_my_consent(session: Session, *, actor: Actor, data: schemas.ConsentChange) -> schemas.ConsentOverview:
     """The patient's own grant, decline or withdrawal in the portal."""
     if not actor.is_patient:
         raise NotFound()
-    patient = _find_patient(session, actor.username)
+    patient = session.get_one(User, actor.user_id)
     _change(session, actor, patient, data, "portal")
     return _overview(session, patient)
 

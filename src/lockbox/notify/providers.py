@@ -61,7 +61,9 @@ class SmtpProvider:
         with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s) as smtp:
             smtp.ehlo()
             if s.smtp_starttls:
-                smtp.starttls(context=ssl.create_default_context())
+                # A clinic's own mail server may have a certificate from a private CA (smtp_ca_file).
+                cafile = str(s.smtp_ca_file) if s.smtp_ca_file else None
+                smtp.starttls(context=ssl.create_default_context(cafile=cafile))
                 smtp.ehlo()
             if s.smtp_user and s.smtp_password:
                 smtp.login(s.smtp_user, s.smtp_password)

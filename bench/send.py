@@ -177,7 +177,10 @@ def bench_backend(backend: str, wrk: str, seconds: int) -> list[Row]:
         with database(backend, workdir) as url:
             settings = Settings(data_dir=workdir / "data", database_url=url, smtp_gateway_port=0)
             patients, nurses = seed(settings)
-            server = ServerProcess.for_settings(settings, env={"LOCKBOX_ENV": "production"})
+            # Production mode wants TLS or a trusted proxy: wrk stands where the proxy would (loopback).
+            server = ServerProcess.for_settings(settings, env={"LOCKBOX_ENV": "production",
+                                                               "LOCKBOX_PROXY_HEADERS": "true",
+                                                               "LOCKBOX_TRUSTED_PROXIES": "127.0.0.1"})
             server.start()
             try:
                 return _measure(backend, wrk, seconds, server, workdir, patients, nurses)

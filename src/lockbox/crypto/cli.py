@@ -19,7 +19,11 @@ def _group() -> None:
 
 
 @cli.command("rotate")
-def rotate(batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped per committed batch.")) -> None:
+def rotate(
+    batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped per committed batch."),
+    retire_old: bool = typer.Option(False, "--retire-old",
+                                    help="Then retire every old version (see `lockbox keys retire`)."),
+) -> None:
     """Add a new key version and re-wrap every thread's data key (and TOTP secret) under it.
 
     Safe to stop and run again: a run that finds rows still on an older version finishes that
@@ -29,11 +33,10 @@ def rotate(batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped p
     from lockbox.app import build_database
     from lockbox.config import load_settings
     from lockbox.crypto.exceptions import KeyFileError
-    from lockbox.crypto.keys import LocalKeyFile
     from lockbox.crypto.service import rotate_keys
 
     settings = load_settings()
-    if not settings.resolved_key_file.exists():
+    if settings.key_provider == "file" and not settings.resolved_key_file.exists():
         typer.echo(f"error: no key file at {settings.resolved_key_file}", err=True)
         raise typer.Exit(EXIT_UNABLE)
     try:
@@ -42,7 +45,8 @@ def rotate(batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped p
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_UNABLE) from None
     provider = db.runtime.keyring.provider
-    if not isinstance(provider, LocalKeyFile):
+    if not hasattr(provider, "add_version"):
+        db.close()
         typer.echo("error: this key provider rotates its own keys", err=True)
         raise typer.Exit(EXIT_UNABLE)
     try:
@@ -56,7 +60,7 @@ def rotate(batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped p
                     tasks[phase] = bar.add_task(label, total=total)
                 bar.update(tasks[phase], completed=done, total=max(total, done))
 
-            result = rotate_keys(db, provider, progress, batch_size=batch_size)
+            result = rotate_keys(db, provider, progress, batch_size=batch_size)  # type: ignore[arg-type]
     finally:
         db.close()
     how = "finished the interrupted rotation to" if result.resumed else "rotated to"
@@ -66,6 +70,8 @@ def rotate(batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped p
         typer.echo(f"warning: {len(result.unreadable)} keys could not be unwrapped and stay on their old "
                    f"version: {' '.join(result.unreadable)}", err=True)
         raise typer.Exit(EXIT_INCOMPLETE)
+    if retire_old:
+        retire(None)
 
 
 @cli.command("status")
@@ -88,5 +94,44 @@ def status() -> None:
             used = db.read_sync(seals, key_version=version)
             mark = " (active)" if version == provider.active_version() else ""
             typer.echo(f"key version {version}{mark}: {used} seals, {used / aead.SEAL_LIMIT:.6%} of its budget")
+    finally:
+        db.close()
+
+
+@cli.command("retire")
+def retire(versions: list[int] | None = typer.Argument(None, help="Versions to retire (default: every old one).")
+           ) -> None:
+    """Destroy old key versions once rotation has moved everything off them.
+
+    Afterwards nothing they wrapped opens again, in this database or in any backup made before: this is
+    what finally shreds threads purged by retention from old backups. Audit checkpoints they signed
+    stay verifiable. Refuses (exit 2) while a thread key or TOTP secret still uses a version.
+    """
+    from lockbox.app import build_database
+    from lockbox.config import load_settings
+    from lockbox.crypto.exceptions import CryptoError
+    from lockbox.crypto.keys import LocalKeyFile
+    from lockbox.crypto.service import retire_version
+
+    settings = load_settings()
+    if settings.key_provider != "file" or not settings.resolved_key_file.exists():
+        typer.echo("error: retire works on the key file; in Vault, raise the transit key's min_decryption_version",
+                   err=True)
+        raise typer.Exit(EXIT_UNABLE)
+    db = build_database(settings)
+    try:
+        provider = db.runtime.keyring.provider
+        assert isinstance(provider, LocalKeyFile)
+        targets = versions or [v for v in provider.versions() if v != provider.active_version()]
+        for version in targets:
+            try:
+                done = retire_version(db, provider, version)
+            except CryptoError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(EXIT_UNABLE) from None
+            typer.echo(f"retired key version {version}" + (f" ({done.resealed} legal-hold reasons re-sealed)"
+                                                           if done.resealed else ""))
+        if not targets:
+            typer.echo("no old key versions to retire")
     finally:
         db.close()

@@ -19,13 +19,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lockbox.crypto import aead
 from lockbox.crypto.exceptions import DecryptionFailed, KeyFileError
+
+if TYPE_CHECKING:
+    from lockbox.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class LocalKeyFile:
             if not create:
                 raise KeyFileError(f"key file {path} does not exist")
             self._create()
+        self._retired: dict[int, dict[str, bytes]] = {}
         active, keys, self._stamp = self._load()
         self._state: tuple[int, dict[int, bytes]] = (active, keys)
 
@@ -99,6 +103,9 @@ class LocalKeyFile:
             doc = json.loads(raw)
             active = int(doc["active"])
             keys = {int(v): base64.b64decode(k, validate=True) for v, k in doc["keys"].items()}
+            # Retired versions keep only the subkeys that check old audit MACs (see ``retire``).
+            self._retired = {int(v): {p: base64.b64decode(k, validate=True) for p, k in subkeys.items()}
+                             for v, subkeys in doc.get("retired", {}).items()}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyFileError(f"key file {path} is not a Lockbox key file") from exc
         if active not in keys or any(len(k) != aead.KEY_BYTES for k in keys.values()):
@@ -130,16 +137,56 @@ class LocalKeyFile:
         with self._lock, _exclusive(self.path.with_name(self.path.name + ".lock")):
             # Start from the file, not memory: another process may have added a version since.
             _, keys, _ = self._load()
-            version = max(keys) + 1
+            version = max([*keys, *self._retired]) + 1
             keys = {**keys, version: aead.new_key()}
-            tmp = self._write_private(
-                {"active": version, "keys": {str(v): base64.b64encode(k).decode() for v, k in keys.items()}}
-            )
+            tmp = self._write_private(self._doc(version, keys))
             os.replace(tmp, self.path)
             _fsync_dir(self.path.parent)
             active, keys, self._stamp = self._load()
             self._state = (active, keys)
         return version
+
+    def _doc(self, active: int, keys: dict[int, bytes]) -> dict[str, object]:
+        doc: dict[str, object] = {"active": active,
+                                  "keys": {str(v): base64.b64encode(k).decode() for v, k in keys.items()}}
+        if self._retired:
+            doc["retired"] = {str(v): {p: base64.b64encode(k).decode() for p, k in subkeys.items()}
+                              for v, subkeys in self._retired.items()}
+        return doc
+
+    def retire(self, version: int, *, keep: tuple[str, ...]) -> None:
+        """Destroy key ``version``, keeping only its subkeys for ``keep`` purposes (checking old audit MACs).
+
+        Whatever it wrapped, in this database or in any backup, can no longer be opened: callers first
+        make sure nothing live still needs it.
+        """
+        with self._lock, _exclusive(self.path.with_name(self.path.name + ".lock")):
+            active, keys, _ = self._load()
+            if version == active:
+                raise KeyFileError(f"key version {version} is the active one; rotate first")
+            if version not in keys:
+                raise KeyFileError(f"key version {version} is not in the key file (already retired?)")
+            subkeys = {p: HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"lockbox " + p.encode())
+                       .derive(keys[version]) for p in keep}
+            self._retired = {**self._retired, version: subkeys}
+            keys = {v: k for v, k in keys.items() if v != version}
+            tmp = self._write_private(self._doc(active, keys))
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+            active, keys, self._stamp = self._load()
+            self._state = (active, keys)
+
+    def retired_versions(self) -> list[int]:
+        self._refresh()
+        return sorted(self._retired)
+
+    def ready(self) -> bool:
+        """The key file is still in place, private and whole (readiness: the next start would succeed)."""
+        try:
+            self._load()
+        except KeyFileError:
+            return False
+        return True
 
     # -- provider -------------------------------------------------------------------------------
 
@@ -157,6 +204,8 @@ class LocalKeyFile:
             self._refresh()
             key = self._state[1].get(version)
         if key is None:
+            if version in self._retired:
+                raise KeyFileError(f"key version {version} was retired: what it wrapped can no longer be opened")
             raise KeyFileError(f"key version {version} is not in the key file")
         return key
 
@@ -169,6 +218,13 @@ class LocalKeyFile:
         return aead.open_sealed(self._key(version), wrapped, context)
 
     def derive(self, version: int, purpose: str) -> bytes:
+        if version not in self._state[1]:
+            self._refresh()
+        kept = self._retired.get(version)
+        if kept is not None and version not in self._state[1]:
+            if purpose not in kept:
+                raise KeyFileError(f"key version {version} was retired and kept no {purpose} subkey")
+            return kept[purpose]
         return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"lockbox " + purpose.encode()).derive(
             self._key(version)
         )
@@ -252,3 +308,16 @@ class Keyring:
 
 def keyring_from_file(path: Path) -> Keyring:
     return Keyring(LocalKeyFile(path))
+
+
+def keyring_for(settings: Settings) -> Keyring:
+    """The key provider the settings name: the local key file (default) or Vault transit."""
+    if settings.key_provider == "vault":
+        if not settings.vault_url:
+            raise KeyFileError("LOCKBOX_KEY_PROVIDER=vault needs LOCKBOX_VAULT_URL")
+        from lockbox.crypto.vault import VaultTransit
+
+        return Keyring(VaultTransit.from_settings(settings.vault_url, settings.vault_token,
+                                                  key_name=settings.vault_key_name,
+                                                  mount_point=settings.vault_transit_mount))
+    return keyring_from_file(settings.resolved_key_file)

@@ -199,3 +199,59 @@ def _reseal_secrets(
         record(session, action="crypto.key.rotate", subject_type="kek", subject_id=str(version), outcome="failure",
                phase="reseal", count=len(unreadable), users=unreadable)
     return done, unreadable, (rows[-1].id if len(rows) == limit else None)
+
+
+# -- retirement ----------------------------------------------------------------------------------
+
+# What a retired version still does: check the audit MACs it made (checkpoints, head file lines).
+RETIRED_KEEPS = ("audit-checkpoint", "audit-head")
+
+
+class RetiringProvider(KeyProvider, Protocol):
+    def retire(self, version: int, *, keep: tuple[str, ...]) -> None: ...
+
+
+@dataclass
+class Retirement:
+    version: int
+    resealed: int  # legal-hold reasons moved to the active version first
+
+
+def still_using(session: Session, *, version: int) -> dict[str, int]:
+    """What still needs ``version`` to be read: thread keys and TOTP secrets (rotation moves both)."""
+    threads = int(session.scalar(select(func.count()).select_from(Thread).where(Thread.key_version == version)) or 0)
+    blobs = session.scalars(select(User.totp_secret_sealed).where(User.totp_secret_sealed.is_not(None)))
+    secrets = sum(1 for blob in blobs if blob and Keyring.secret_version(blob) == version)
+    return {k: v for k, v in {"threads": threads, "totp_secrets": secrets}.items() if v}
+
+
+def retire_version(db: Database, provider: RetiringProvider, version: int) -> Retirement:
+    """Destroy an old key version once nothing live needs it; afterwards, whatever it wrapped, in old
+    backups too (e.g. threads purged by retention since), can no longer be opened."""
+    if version == provider.active_version():
+        raise CryptoError(f"key version {version} is the active one: rotate first")
+    using = db.read_sync(still_using, version=version)
+    if using:
+        what = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in using.items())
+        raise CryptoError(f"key version {version} still protects {what}: run `lockbox keys rotate` first")
+    keyring = Keyring(provider)
+    resealed = db.write_sync(_reseal_hold_reasons, keyring=keyring, version=version)
+    provider.retire(version, keep=RETIRED_KEEPS)
+    db.write_sync(_record_retire, version=version)
+    return Retirement(version, resealed)
+
+
+def _reseal_hold_reasons(session: Session, *, keyring: Keyring, version: int) -> int:
+    from lockbox.retention.models import LegalHold
+    from lockbox.retention.service import REASON_PURPOSE
+
+    done = 0
+    for hold in session.scalars(select(LegalHold)):
+        if Keyring.secret_version(hold.reason_sealed) == version:
+            hold.reason_sealed = keyring.reseal_secret(REASON_PURPOSE, hold.id, hold.reason_sealed)
+            done += 1
+    return done
+
+
+def _record_retire(session: Session, *, version: int) -> None:
+    record(session, action="crypto.key.retire", subject_type="kek", subject_id=str(version))

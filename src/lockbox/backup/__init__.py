@@ -1,0 +1,1 @@
+"""Encrypted online backups and checked restores (``lockbox backup`` / ``lockbox restore``)."""

@@ -117,11 +117,18 @@ def test_external_recipient_verifies_reads_and_replies(client: TestClient, clini
     detail = Api(client, clinic.doctor).get(f"/threads/{t['id']}").json()
     assert [(m["kind"], m["body"]) for m in detail["messages"]] == [("message", BODY),
                                                                      ("external", "Thanks ZEBRA-REPLY")]
-    # The clinician's web inbox shows the answer in the thread.
+    # The answer is the external recipient's, never shown as coming from the clinic.
+    sent, answer = detail["messages"]
+    assert sent["sender"]["username"] == clinic.doctor.username and sent["sender_label"] is None
+    assert answer["sender_label"] == "External recipient"
+    assert (answer["sender"]["role"], answer["sender"]["display_name"]) == ("external", "External recipient")
+    # The clinician's web inbox shows the answer in the thread, as the external recipient's.
     client.cookies.clear()
     use_session(client, clinic.doctor)
     inbox_page = client.get(f"/t/{t['id']}")
     assert inbox_page.status_code == 200 and "Thanks ZEBRA-REPLY" in inbox_page.text
+    assert '<strong class="msg-external">External recipient</strong>' in inbox_page.text
+    assert f"<strong>{CLINIC}</strong>" not in inbox_page.text
     # The code worked once; a fresh browser with it gets nothing.
     client.cookies.clear()
     again = client.get(f"/secure/{token}")

@@ -100,6 +100,30 @@ def test_failures_back_off_then_dead_letter(standalone_db: Database, clock: Froz
     worker.stop()
 
 
+def test_a_dead_letter_runs_its_handlers_on_dead_callback_once_in_the_same_unit(standalone_db: Database,
+                                                                                clock: FrozenClock) -> None:
+    seen: list[tuple[dict[str, Any], str]] = []
+
+    def _gave_up(session: Session, payload: dict[str, Any], error: str) -> None:
+        seen.append((payload, error))
+        session.add(Location(id=f"dead-{payload['n']}", name="recorded when the job gave up"))
+
+    service.register("test.boom", _boom, on_dead=_gave_up)
+    standalone_db.write_sync(service.enqueue, kind="test.boom", payload={"n": "7"}, max_attempts=2)
+    worker = Worker(standalone_db)
+    try:
+        assert worker.run_once() == 1
+        assert seen == []  # a failure with attempts left is a retry, not a death
+        clock.advance(2.5)
+        assert worker.run_once() == 1
+    finally:
+        worker.stop()
+    assert seen == [({"n": "7"}, "RuntimeError")]
+    assert standalone_db.read_sync(lambda s: s.get(Location, "dead-7")) is not None
+    [dead] = standalone_db.read_sync(service.dead_letters)
+    assert dead.attempts == 2 and dead.failed_at is not None
+
+
 def test_expired_lease_is_claimed_again(standalone_db: Database, clock: FrozenClock) -> None:
     _enqueue_n(standalone_db, 1)
     claimed = standalone_db.write_sync(service.claim, worker="dead-worker")  # dies before finishing

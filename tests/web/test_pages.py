@@ -26,7 +26,7 @@ from lockbox.web.render import TEMPLATES_DIR, render_text
 from lockbox.web.security import PAGE_CSP, PRESESSION_COOKIE
 from lockbox.web.views import ThreadPage
 from tests.clinic import Clinic
-from tests.factories import PASSWORD, Api, make_user
+from tests.factories import PASSWORD, Api, Person, make_user
 from tests.identity.helpers import STRONG_PASSWORD, awaiting_enrolment
 from tests.web.helpers import csrf_of, fresh_session, inline_code, use_session, visible_text
 
@@ -199,6 +199,27 @@ def test_every_page_carries_the_strict_csp(client: TestClient, clinic: Clinic) -
             assert not inline_code(r.text), path
     client.cookies.clear()
     assert client.get("/login").headers["content-security-policy"] == PAGE_CSP
+
+
+def test_staff_who_may_send_secure_mail_find_it_in_the_navigation(client: TestClient, clinic: Clinic,
+                                                                   settings: Settings) -> None:
+    def nav_links(who: Person) -> list[str]:
+        use_session(client, who)
+        page = client.get("/")
+        assert page.status_code == 200, who.username
+        match = re.search(r'<nav class="mainnav".*?</nav>', page.text, re.S)
+        assert match, who.username
+        return re.findall(r'href="([^"]+)"', match.group(0))
+
+    settings.smtp_gateway_port = 2525  # on (only `lockbox serve` listens; the pages read the setting)
+    staff = (clinic.doctor, clinic.nurse, clinic.biller, clinic.scheduler)
+    for who in staff:
+        assert "/mail-client" in nav_links(who), who.username
+        assert client.get("/mail-client").status_code == 200
+    for who in (clinic.patient, clinic.compliance, clinic.admin):  # no app passwords for them
+        assert "/mail-client" not in nav_links(who), who.username
+    settings.smtp_gateway_port = 0  # gateway off: an app password would open nothing
+    assert "/mail-client" not in nav_links(clinic.nurse)
 
 
 def test_signed_out_pages_go_to_sign_in_and_background_calls_get_401(client: TestClient) -> None:

@@ -149,6 +149,7 @@ def queue_filing(session: Session, *, thread_id: str, requested_by: str | None, 
     """Queue the filing job (once per thread state: the same messages are never queued twice)."""
     now = runtime_of(session).clock.now()
     filing = session.get(FhirFiling, thread_id)
+    key = f"{FILE_JOB}:{thread_id}:{message_count}"
     if filing is None:
         filing = FhirFiling(thread_id=thread_id, status="queued", requested_at=now, requested_by=requested_by,
                             filed_seq=0, communications=0)
@@ -156,11 +157,14 @@ def queue_filing(session: Session, *, thread_id: str, requested_by: str | None, 
     elif filing.status == "filed" and filing.filed_seq >= message_count:
         return False
     else:
+        if filing.status in ("blocked", "failed"):
+            # The job that ended so is over but keeps its key: filing again (the link fixed, the EHR back)
+            # needs a key of its own, or nothing would run.
+            key += f":{now:%Y%m%d%H%M%S%f}"
         filing.status, filing.reason, filing.requested_at = "queued", None, now
         filing.requested_by = requested_by
     session.flush()
-    queued = enqueue(session, kind=FILE_JOB, payload={"thread_id": thread_id},
-                     dedupe_key=f"{FILE_JOB}:{thread_id}:{message_count}", max_attempts=10)
+    queued = enqueue(session, kind=FILE_JOB, payload={"thread_id": thread_id}, dedupe_key=key, max_attempts=10)
     return queued is not None
 
 

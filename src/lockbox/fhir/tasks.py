@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from lockbox.db import Database
 from lockbox.fhir import context, service
 from lockbox.fhir.exceptions import FhirInvalidResource, FhirRejected
 from lockbox.fhir.filing import NotLinked, build_thread_filing
 from lockbox.fhir.matching import Outcome, decide_patient, decide_staff, find_patients, find_practitioners
+from lockbox.fhir.models import FhirFiling
 from lockbox.fhir.runtime import runtime_for
 from lockbox.jobs.service import register
 
@@ -100,5 +103,15 @@ def file_thread(payload: dict[str, Any], *, db: Database) -> None:
                   communications=filing.communications)
 
 
-register(service.FILE_JOB, file_thread, external=True)
+def filing_gave_up(session: Session, payload: dict[str, Any], error: str) -> None:
+    """The outbox gave up (the EHR stayed unreachable through every retry): the filing is ``failed``, so a
+    clinician sees it and may file again, rather than ``queued`` for ever."""
+    filing = session.get(FhirFiling, str(payload["thread_id"]))
+    if filing is None or filing.status != "queued":  # a later request already settled it
+        return
+    service.mark_not_filed(session, thread_id=filing.thread_id, status="failed",
+                           reason=f"gave_up_{error}" if error.isidentifier() else "gave_up")
+
+
+register(service.FILE_JOB, file_thread, external=True, on_dead=filing_gave_up)
 register(service.MATCH_PATIENT_JOB, run_match_patient, external=True)

@@ -24,11 +24,14 @@ MAX_BACKOFF_S = 3600
 class Handler:
     """``run(session, payload)`` runs inside a unit of work that also marks the job done, so its
     database effects happen exactly once. ``external=True`` handlers run outside any transaction
-    (sending mail, calling an EHR) and must be idempotent: a worker that dies mid-run retries."""
+    (sending mail, calling an EHR) and must be idempotent: a worker that dies mid-run retries.
+    ``on_dead(session, payload, error)``, if given, runs in the unit of work that moves the job to the dead
+    letters, so what the job stood for (a filing "queued") can say it gave up."""
 
     kind: str
     run: Callable[..., Any]
     external: bool = False
+    on_dead: Callable[[Session, dict[str, Any], str], None] | None = None
 
 
 _handlers: dict[str, Handler] = {}
@@ -36,7 +39,8 @@ _wakeups: list[Callable[[], None]] = []
 
 
 # Each domain with background work registers its handlers in its ``tasks`` module.
-TASK_MODULES = ("lockbox.notify.tasks", "lockbox.routing.tasks")
+TASK_MODULES = ("lockbox.notify.tasks", "lockbox.routing.tasks", "lockbox.retention.tasks", "lockbox.gateway.tasks",
+                "lockbox.fhir.tasks")
 
 
 def load_handlers() -> None:
@@ -51,8 +55,9 @@ def load_handlers() -> None:
                 raise
 
 
-def register(kind: str, run: Callable[..., Any], *, external: bool = False) -> None:
-    _handlers[kind] = Handler(kind, run, external)
+def register(kind: str, run: Callable[..., Any], *, external: bool = False,
+             on_dead: Callable[[Session, dict[str, Any], str], None] | None = None) -> None:
+    _handlers[kind] = Handler(kind, run, external, on_dead)
 
 
 def handler_for(kind: str) -> Handler | None:
@@ -153,6 +158,9 @@ def fail(session: Session, *, job_id: str, worker: str, error: str) -> None:
     job.locked_until = None
     if job.attempts >= job.max_attempts:
         job.failed_at = now
+        handler = _handlers.get(job.kind)
+        if handler is not None and handler.on_dead is not None:
+            handler.on_dead(session, dict(job.payload or {}), error[:200])
     else:
         job.run_at = now + timedelta(seconds=min(MAX_BACKOFF_S, 2 ** job.attempts))
 

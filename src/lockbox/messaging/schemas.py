@@ -113,6 +113,9 @@ class MessageOut(BaseModel):
     delivered_to: list[str] = Field(default_factory=list)
     auto_reply: str | None = Field(default=None, description="The clinic's automatic answer, when this message "
                                    "was an emergency")
+    sender_label: str | None = Field(default=None, description="Who wrote it, when they have no account: "
+                                     "\"External recipient\" for the answer of someone the email gateway "
+                                     "wrote to (then ``sender`` is that placeholder, never the clinic)")
 
 
 class ThreadSummary(BaseModel):

@@ -350,9 +350,15 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
                      | ({thread.patient_id} if thread.patient_id else set()))
     system = schemas.Person(id="clinic", username="clinic", display_name=runtime_of(session).settings.clinic_name,
                             role="system")
+    # In an email gateway thread (kind "external") a message without a sender account is the external
+    # recipient's answer: never shown as the clinic's.
+    external = schemas.Person(id="external", username="external", display_name="External recipient",
+                              role="external") if thread.kind == "external" else None
     out_messages = [
         schemas.MessageOut(
-            id=m.id, seq=m.seq, sender=people[m.sender_id] if m.sender_id else system, created_at=m.created_at,
+            id=m.id, seq=m.seq, created_at=m.created_at,
+            sender=people[m.sender_id] if m.sender_id else external or system,
+            sender_label=external.display_name if external is not None and not m.sender_id else None,
             kind=m.kind, body=cipher.open_body(m.id, m.body_sealed), attachments=attachments.get(m.id, []),
             read_by=[p.user_id for p in participants if p.user_id != m.sender_id and p.last_read_seq >= m.seq],
             delivered_to=[p.user_id for p in participants
@@ -502,6 +508,9 @@ def close_thread(session: Session, *, actor: Actor, thread_id: str) -> None:
     thread.status = "closed"
     record(session, action="messaging.thread.close", actor=actor, subject_type="thread", subject_id=thread.id)
     _notify(session, thread, {"type": "thread_updated", "thread_id": thread.id})
+    from lockbox.fhir.service import thread_closed  # filed into the chart on close when configured so
+
+    thread_closed(session, thread_id=thread.id, message_count=thread.message_count, patient_id=thread.patient_id)
 
 
 def break_glass(session: Session, *, actor: Actor, thread_id: str, reason: str) -> None:

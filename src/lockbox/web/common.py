@@ -100,14 +100,19 @@ def home_for(actor: Actor) -> str:
     return "/inbox"
 
 
-def nav_for(actor: Actor | None) -> list[tuple[str, str]]:
+def nav_for(actor: Actor | None, *, mail_gateway: bool = False) -> list[tuple[str, str]]:
     if actor is None:
         return []
     if actor.is_patient:
         return [("Messages", "/portal"), ("New message", "/portal/new"), ("Consent", "/consent")]
     if actor.role in NO_CONTENT_ROLES:
         return [("Compliance", "/compliance"), ("Analytics", "/analytics")]
-    return [("Inbox", "/inbox"), ("New thread", "/compose"), ("Analytics", "/analytics")]
+    nav = [("Inbox", "/inbox"), ("New thread", "/compose"), ("Analytics", "/analytics")]
+    # The staff who may send through the gateway (everyone here) get their app passwords' page; with the
+    # gateway off (port 0) an app password would open nothing.
+    if mail_gateway:
+        nav.append(("Secure mail", "/mail-client"))
+    return nav
 
 
 def base_context(request: Request, actor: Actor | None, **extra: Any) -> dict[str, Any]:
@@ -115,7 +120,7 @@ def base_context(request: Request, actor: Actor | None, **extra: Any) -> dict[st
     ctx: dict[str, Any] = {
         "clinic_name": st.settings.clinic_name,
         "actor": actor,
-        "nav": nav_for(actor),
+        "nav": nav_for(actor, mail_gateway=bool(st.settings.smtp_gateway_port)),
         "path": request.url.path,
         "now": st.db.runtime.clock.now(),
         "emergency_text": EMERGENCY_TEXT,

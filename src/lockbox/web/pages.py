@@ -16,6 +16,7 @@ from lockbox.consent import service as consent
 from lockbox.consent.exceptions import NothingToWithdraw
 from lockbox.consent.schemas import ConsentChange, ConsentOverview
 from lockbox.errors import ConfirmRecipients, LockboxError, NotFound, Unauthenticated
+from lockbox.fhir import service as fhir
 from lockbox.http import state
 from lockbox.messaging import schemas
 from lockbox.messaging import service as messaging
@@ -200,9 +201,10 @@ async def close(request: Request, thread_id: str) -> Response:
 # -- routing: claim, release, transfer, call-back ------------------------------------------------
 
 
-async def _routing_action(request: Request, tid: str, form: FormData, fn: Callable[..., object],
-                          **kwargs: Any) -> Response:
-    """Run a routing service call for the thread; a refusal is shown on the thread page, as a reply's is."""
+async def _routing_action(request: Request, tid: str, form: FormData, fn: Callable[..., object], *,
+                          error_slot: str = "routing_error", **kwargs: Any) -> Response:
+    """Run a routing (or filing) service call for the thread; a refusal is shown on the thread page, in the
+    card named by ``error_slot``, as a reply's is."""
     try:
         await as_user_posting(request, form_text(form, CSRF_FIELD, 200), fn, thread_id=tid, **kwargs)
     except (Unauthenticated, CsrfRefused):
@@ -212,14 +214,15 @@ async def _routing_action(request: Request, tid: str, form: FormData, fn: Callab
         # is news about a thread the caller can see.
         if isinstance(exc, NotFound) and exc.detail == NotFound.detail:
             raise
-        return await _thread_error(request, tid, exc.status, exc.detail)
+        return await _thread_error(request, tid, exc.status, exc.detail, slot=error_slot)
     # A claim from the queue stays on the queue; only a fixed value is honoured, never a URL.
     return redirect("/inbox" if form_text(form, "next", 10) == "inbox" else f"/t/{tid}")
 
 
-async def _thread_error(request: Request, tid: str, status: int, error: str) -> Response:
+async def _thread_error(request: Request, tid: str, status: int, error: str, *,
+                        slot: str = "routing_error") -> Response:
     actor, page = await as_user(request, views.open_thread, write=True, thread_id=tid, mark_read=False)
-    return _thread_page(request, actor, page, status=status, routing_error=error)
+    return _thread_page(request, actor, page, status=status, **{slot: error})
 
 
 @router.post("/t/{thread_id}/claim")
@@ -249,6 +252,17 @@ async def transfer(request: Request, thread_id: str) -> Response:
 async def callback_done(request: Request, thread_id: str) -> Response:
     tid = page_id(thread_id)
     return await _routing_action(request, tid, await read_form(request), routing.complete_callback)
+
+
+# -- the chart: a clinician files the thread into the EHR (lockbox.fhir, docs/fhir.md) ----------------
+
+
+@router.post("/t/{thread_id}/file")
+async def file_to_chart(request: Request, thread_id: str) -> Response:
+    # The same service as POST /api/v1/threads/{id}/file: the same access (404 for a thread one may not see).
+    tid = page_id(thread_id)
+    return await _routing_action(request, tid, await read_form(request), fhir.request_filing,
+                                 error_slot="filing_error")
 
 
 # -- clinician inbox -------------------------------------------------------------------------------

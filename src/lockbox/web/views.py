@@ -15,8 +15,10 @@ from lockbox.consent import service as consent
 from lockbox.db.uow import runtime_of
 from lockbox.directory.models import Pool, PoolMember
 from lockbox.errors import NotFound
+from lockbox.fhir import service as fhir
+from lockbox.fhir.schemas import FilingOut
 from lockbox.identity.models import Patient, User
-from lockbox.identity.roles import NO_CONTENT_ROLES, Role
+from lockbox.identity.roles import CLINICAL_ROLES, NO_CONTENT_ROLES, Role
 from lockbox.messaging import schemas
 from lockbox.messaging import service as messaging
 from lockbox.messaging.models import Message, Participant
@@ -93,6 +95,8 @@ class ThreadPage:
     # The rule and explanation of the latest decision a message caused; a claim or transfer since
     # does not replace why the thread went where it did.
     routed: tuple[str, str] | None = None
+    # The thread's filing into the EHR chart, for a clinician when filing is configured (docs/fhir.md).
+    filing: FilingOut | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +250,17 @@ def open_thread(session: Session, *, actor: Actor, thread_id: str, mark_read: bo
                                      RoutingDecision.trigger.in_(("message", "reply")))
                               .order_by(RoutingDecision.created_at.desc(), RoutingDecision.id.desc()).limit(1)).first()
         page.routed = (why.rule, why.explanation) if why is not None else None
+        page.filing = filing_for(session, actor=actor, detail=detail)
     return page
+
+
+def filing_for(session: Session, *, actor: Actor, detail: schemas.ThreadDetail) -> FilingOut | None:
+    """What the chart card shows: only clinicians file, only a patient's thread, only with filing configured."""
+    settings = runtime_of(session).settings
+    if actor.role not in CLINICAL_ROLES or detail.patient is None or not settings.fhir_base_url \
+            or settings.fhir_filing == "off":
+        return None
+    return fhir.filing_status(session, actor=actor, thread_id=detail.id)
 
 
 def start_thread(session: Session, *, actor: Actor, data: schemas.ThreadCreate,

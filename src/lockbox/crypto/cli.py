@@ -20,11 +20,14 @@ def _group() -> None:
 
 @cli.command("rotate")
 def rotate(
-    batch_size: int = typer.Option(500, min=1, help="Threads re-wrapped per committed batch."),
+    batch_size: int = typer.Option(500, min=1, help="Thread keys or secrets moved per committed batch."),
     retire_old: bool = typer.Option(False, "--retire-old",
                                     help="Then retire every old version (see `lockbox keys retire`)."),
 ) -> None:
-    """Add a new key version and re-wrap every thread's data key (and TOTP secret) under it.
+    """Add a new key version; re-wrap every thread's data key and re-seal every sealed secret under it.
+
+    Sealed secrets: TOTP secrets, legal-hold reasons, the gateway's recipient addresses and unsent
+    links and codes.
 
     Safe to stop and run again: a run that finds rows still on an older version finishes that
     rotation instead of starting another. Old versions stay in the key file (old audit checkpoints
@@ -56,7 +59,7 @@ def rotate(
 
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
-                    label = "re-wrapping thread keys" if phase == "threads" else "re-sealing TOTP secrets"
+                    label = "re-wrapping thread keys" if phase == "threads" else f"re-sealing {phase}"
                     tasks[phase] = bar.add_task(label, total=total)
                 bar.update(tasks[phase], completed=done, total=max(total, done))
 
@@ -64,8 +67,9 @@ def rotate(
     finally:
         db.close()
     how = "finished the interrupted rotation to" if result.resumed else "rotated to"
+    each = ", ".join(f"{n} {name}" for name, n in result.resealed.items())
     typer.echo(f"{how} key version {result.version}: {result.threads} thread keys re-wrapped, "
-               f"{result.secrets} secrets re-sealed")
+               f"{result.secrets} secrets re-sealed" + (f" ({each})" if each else ""))
     if result.unreadable:
         typer.echo(f"warning: {len(result.unreadable)} keys could not be unwrapped and stay on their old "
                    f"version: {' '.join(result.unreadable)}", err=True)
@@ -105,7 +109,7 @@ def retire(versions: list[int] | None = typer.Argument(None, help="Versions to r
 
     Afterwards nothing they wrapped opens again, in this database or in any backup made before: this is
     what finally shreds threads purged by retention from old backups. Audit checkpoints they signed
-    stay verifiable. Refuses (exit 2) while a thread key or TOTP secret still uses a version.
+    stay verifiable. Refuses (exit 2) while a thread key or any sealed secret still uses a version.
     """
     from lockbox.app import build_database
     from lockbox.config import load_settings
@@ -125,12 +129,11 @@ def retire(versions: list[int] | None = typer.Argument(None, help="Versions to r
         targets = versions or [v for v in provider.versions() if v != provider.active_version()]
         for version in targets:
             try:
-                done = retire_version(db, provider, version)
+                retire_version(db, provider, version)
             except CryptoError as exc:
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(EXIT_UNABLE) from None
-            typer.echo(f"retired key version {version}" + (f" ({done.resealed} legal-hold reasons re-sealed)"
-                                                           if done.resealed else ""))
+            typer.echo(f"retired key version {version}")
         if not targets:
             typer.echo("no old key versions to retire")
     finally:

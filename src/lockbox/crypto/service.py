@@ -1,16 +1,16 @@
 """Key-encryption-key usage against the random-nonce limit, and key rotation.
 
-Rotation adds a KEK version and re-wraps every thread's data key (and re-seals every TOTP secret)
-under it, one committed batch at a time; a run that stops half-way is finished by the next run.
+Rotation adds a KEK version and re-wraps every thread's data key (and re-seals every column listed in
+``crypto.sealed``) under it, one committed batch at a time; a run that stops half-way is finished by the next run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import ColumnElement, Table, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -19,14 +19,13 @@ from lockbox.crypto import aead
 from lockbox.crypto.exceptions import CryptoError, KeyExhausted
 from lockbox.crypto.keys import KeyProvider, Keyring
 from lockbox.crypto.models import KeyUsage
+from lockbox.crypto.sealed import SealedSecrets, sealed_secrets
 from lockbox.db.engine import Database
-from lockbox.identity.credentials import TOTP_PURPOSE
-from lockbox.identity.models import User
 from lockbox.messaging.models import Thread
 
 _USAGE: Table = KeyUsage.__table__  # type: ignore[assignment]
 
-# (phase, done, total): phase is "threads" or "secrets".
+# (phase, done, total): phase is "threads" or the name of a sealed column (``crypto.sealed``).
 Progress = Callable[[str, int, int], None]
 
 
@@ -70,6 +69,8 @@ class Rotation:
     resumed: bool  # an earlier, unfinished rotation was completed instead of adding a version
     threads: int = 0
     secrets: int = 0
+    # Re-sealed per column of ``crypto.sealed.sealed_secrets()``, by its name (those with any).
+    resealed: dict[str, int] = field(default_factory=dict)
     # Ids whose key could not be unwrapped (damaged, or under a version missing from the key file).
     unreadable: list[str] = field(default_factory=list)
 
@@ -77,37 +78,42 @@ class Rotation:
 def rotate_keys(
     db: Database, keyring_provider: RotatingProvider, progress: Progress | None = None, *, batch_size: int = 500
 ) -> Rotation:
-    """Re-wrap every data key and re-seal every secret under a new KEK version.
+    """Re-wrap every data key and re-seal every sealed secret (``crypto.sealed``) under a new KEK version.
 
     If rows are still on an older version than the active one, the last rotation did not finish:
     this run finishes it under the active version instead of adding yet another one.
     """
     keyring = Keyring(keyring_provider)
     active = keyring_provider.active_version()
-    behind_threads = db.read_sync(_threads_behind, version=active)
-    behind_secrets = db.read_sync(_secrets_behind, version=active)
-    resumed = bool(behind_threads or behind_secrets)
+    behind = db.read_sync(_behind, version=active)
+    resumed = any(behind.values())
     if resumed:
         version = active
     else:
         version = keyring_provider.add_version()
-        behind_threads = db.read_sync(_threads_behind, version=version)
-        behind_secrets = db.read_sync(_secrets_behind, version=version)
+        behind = db.read_sync(_behind, version=version)
         db.write_sync(_record_phase, version=version, phase="new_version", count=0)
     result = Rotation(version=version, resumed=resumed)
 
-    # Thread data keys, then TOTP secrets: each batch is its own committed unit, so a stopped run resumes.
-    for kind, step, behind in (("threads", _rewrap_threads, behind_threads),
-                               ("secrets", _reseal_secrets, behind_secrets)):
+    # Thread data keys, then each sealed column: every batch is its own committed unit, so a stopped run resumes.
+    phases: list[tuple[str, Callable[..., tuple[int, list[str], str | None]], dict[str, Any]]] = [
+        ("threads", _rewrap_threads, {})]
+    phases += [(sealed.name, _reseal_secrets, {"sealed": sealed}) for sealed in sealed_secrets()]
+    for phase, step, extra in phases:
         after, handled = "", 0
         while True:
             done, unreadable, after_id = db.write_sync(step, keyring=keyring, version=version, after=after,
-                                                       limit=batch_size)
-            setattr(result, kind, getattr(result, kind) + done)
+                                                       limit=batch_size, **extra)
+            if phase == "threads":
+                result.threads += done
+            else:
+                result.secrets += done
+                if done:
+                    result.resealed[phase] = result.resealed.get(phase, 0) + done
             result.unreadable += unreadable
             handled += done + len(unreadable)
             if progress is not None:
-                progress(kind, handled, behind)
+                progress(phase, handled, behind[phase])
             if after_id is None:
                 break
             after = after_id
@@ -116,14 +122,19 @@ def rotate_keys(
     return result
 
 
-def _threads_behind(session: Session, *, version: int) -> int:
-    return int(session.scalar(select(func.count()).select_from(Thread).where(Thread.key_version != version)) or 0)
+def _behind(session: Session, *, version: int) -> dict[str, int]:
+    """How many thread keys, and values of each sealed column, are not (yet) under ``version``."""
+    counts = {"threads": int(session.scalar(select(func.count()).select_from(Thread)
+                                            .where(Thread.key_version != version)) or 0)}
+    for sealed in sealed_secrets():
+        counts[sealed.name] = _count(session, sealed, sealed.version_is_not(version))
+    return counts
 
 
-def _secrets_behind(session: Session, *, version: int) -> int:
-    # The version is inside the sealed blob, so this reads them; there is one per user, not per message.
-    blobs = session.scalars(select(User.totp_secret_sealed).where(User.totp_secret_sealed.is_not(None)))
-    return sum(1 for blob in blobs if blob and Keyring.secret_version(blob) != version)
+def _count(session: Session, sealed: SealedSecrets, where: ColumnElement[bool]) -> int:
+    # The version is the blob's first four bytes: counted in SQL, no blob leaves the database.
+    return int(session.scalar(select(func.count()).select_from(sealed.model)
+                              .where(sealed.column.is_not(None), func.length(sealed.column) > 0, where)) or 0)
 
 
 def _record_phase(session: Session, *, version: int, phase: str, count: int) -> None:
@@ -167,38 +178,42 @@ def _rewrap_threads(
 
 
 def _reseal_secrets(
-    session: Session, *, keyring: Keyring, version: int, after: str, limit: int
+    session: Session, *, keyring: Keyring, version: int, after: str, limit: int, sealed: SealedSecrets
 ) -> tuple[int, list[str], str | None]:
+    """One batch of one sealed column, keyset-paged by id like the threads."""
+    selector = sealed.purpose_from if sealed.purpose_from is not None else literal(None)
     rows = session.execute(
-        select(User.id, User.totp_secret_sealed)
-        .where(User.id > after, User.totp_secret_sealed.is_not(None))
-        .order_by(User.id)
+        select(sealed.row_id, sealed.column, selector)
+        .where(sealed.row_id > after, sealed.column.is_not(None), sealed.version_is_not(version))
+        .order_by(sealed.row_id)
         .limit(limit)
     ).all()
     done, unreadable = 0, []
-    for user_id, blob in rows:
-        if not blob or Keyring.secret_version(blob) == version:
-            continue
+    for row in rows:
+        row_id, blob, chooser = str(row[0]), bytes(row[1]), row[2]
+        if not blob:
+            continue  # nothing sealed (yet): nothing to move
         try:
-            new_blob = keyring.reseal_secret(TOTP_PURPOSE, user_id, blob)
+            new_blob = keyring.reseal_secret(sealed.purpose_for(chooser), row_id, blob)
         except CryptoError:
-            unreadable.append(user_id)
+            unreadable.append(row_id)
             continue
-        # Compare-and-set: a user who re-enrolled meanwhile already has a fresh secret.
+        # Compare-and-set: a value replaced meanwhile (a user re-enrolled, a notice was sent) is left alone.
         changed = session.execute(
-            update(User)
-            .where(User.id == user_id, User.totp_secret_sealed == blob)
-            .values(totp_secret_sealed=new_blob)
+            update(sealed.model)
+            .where(sealed.row_id == row_id, sealed.column == blob)
+            .values({sealed.column.key: new_blob})
             .execution_options(synchronize_session=False)
         )
         done += changed.rowcount  # type: ignore[attr-defined]
+    where = f"{sealed.model.__tablename__}.{sealed.column.key}"
     if done:
         record(session, action="crypto.key.rotate", subject_type="kek", subject_id=str(version), phase="reseal",
-               count=done)
+               count=done, column=where)
     if unreadable:
         record(session, action="crypto.key.rotate", subject_type="kek", subject_id=str(version), outcome="failure",
-               phase="reseal", count=len(unreadable), users=unreadable)
-    return done, unreadable, (rows[-1].id if len(rows) == limit else None)
+               phase="reseal", count=len(unreadable), column=where, rows=unreadable)
+    return done, unreadable, (str(rows[-1][0]) if len(rows) == limit else None)
 
 
 # -- retirement ----------------------------------------------------------------------------------
@@ -214,15 +229,15 @@ class RetiringProvider(KeyProvider, Protocol):
 @dataclass
 class Retirement:
     version: int
-    resealed: int  # legal-hold reasons moved to the active version first
 
 
 def still_using(session: Session, *, version: int) -> dict[str, int]:
-    """What still needs ``version`` to be read: thread keys and TOTP secrets (rotation moves both)."""
+    """What still needs ``version`` to be read: thread keys and every sealed column (rotation moves them all)."""
     threads = int(session.scalar(select(func.count()).select_from(Thread).where(Thread.key_version == version)) or 0)
-    blobs = session.scalars(select(User.totp_secret_sealed).where(User.totp_secret_sealed.is_not(None)))
-    secrets = sum(1 for blob in blobs if blob and Keyring.secret_version(blob) == version)
-    return {k: v for k, v in {"threads": threads, "totp_secrets": secrets}.items() if v}
+    using = {"threads": threads}
+    for sealed in sealed_secrets():
+        using[sealed.name] = _count(session, sealed, sealed.version_is(version))
+    return {k: v for k, v in using.items() if v}
 
 
 def retire_version(db: Database, provider: RetiringProvider, version: int) -> Retirement:
@@ -232,25 +247,11 @@ def retire_version(db: Database, provider: RetiringProvider, version: int) -> Re
         raise CryptoError(f"key version {version} is the active one: rotate first")
     using = db.read_sync(still_using, version=version)
     if using:
-        what = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in using.items())
+        what = ", ".join(f"{n} {k}" for k, n in using.items())
         raise CryptoError(f"key version {version} still protects {what}: run `lockbox keys rotate` first")
-    keyring = Keyring(provider)
-    resealed = db.write_sync(_reseal_hold_reasons, keyring=keyring, version=version)
     provider.retire(version, keep=RETIRED_KEEPS)
     db.write_sync(_record_retire, version=version)
-    return Retirement(version, resealed)
-
-
-def _reseal_hold_reasons(session: Session, *, keyring: Keyring, version: int) -> int:
-    from lockbox.retention.models import LegalHold
-    from lockbox.retention.service import REASON_PURPOSE
-
-    done = 0
-    for hold in session.scalars(select(LegalHold)):
-        if Keyring.secret_version(hold.reason_sealed) == version:
-            hold.reason_sealed = keyring.reseal_secret(REASON_PURPOSE, hold.id, hold.reason_sealed)
-            done += 1
-    return done
+    return Retirement(version)
 
 
 def _record_retire(session: Session, *, version: int) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from lockbox.access.actor import Actor
 from lockbox.audit.service import record
 from lockbox.consent import service as consent
+from lockbox.crypto.exceptions import CryptoError
 from lockbox.crypto.service import count_seal
 from lockbox.db.base import new_id
 from lockbox.db.uow import publish, runtime_of
@@ -478,8 +479,14 @@ def verify_code(session: Session, *, token: str, code: str) -> str | Refused:
                outcome="failure", reason="no_code")
         return Refused(CodeRefused())
     version, _, _ = d.code_mac.partition(".")
-    ok = code.isdigit() and len(code) == CODE_DIGITS and hmac.compare_digest(
-        _code_mac(session, d.id, code, int(version)), d.code_mac)
+    try:
+        ok = code.isdigit() and len(code) == CODE_DIGITS and hmac.compare_digest(
+            _code_mac(session, d.id, code, int(version)), d.code_mac)
+    except CryptoError:  # sent under a key version retired since (`lockbox keys retire`): ask for a new one
+        d.code_mac, d.code_expires_at = None, None
+        record(session, action="gateway.code.verify", subject_type="secure_delivery", subject_id=d.id,
+               outcome="failure", reason="no_code")
+        return Refused(CodeRefused())
     if not ok:
         d.code_failures += 1
         if d.code_failures >= MAX_CODE_FAILURES:

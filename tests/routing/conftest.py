@@ -50,6 +50,7 @@ def settings(settings: Settings, rules_file: Path) -> Settings:
     settings.idle_timeout_s = 24 * 3600
     settings.session_lifetime_s = 7 * 24 * 3600
     store_for(rules_file).check_every_s = 0
+    settings.routing_rules_watch_s = 0  # the watcher's own tests drive it; no thread racing the others
     return settings
 
 

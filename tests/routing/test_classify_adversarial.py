@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lockbox.routing.classify import classify, emergency_check
@@ -55,6 +57,34 @@ EMERGENCIES = [
     ("es-buried", "", "Hola, gracias por la cita de ayer. Mi hija ya va mejor de la tos. Pero mi esposo se "
      "desmayó hace rato y no despierta. También quería preguntar por la factura."),
     ("es-misspelt", "", "me duele el pexo y no puedo respirar vien"),
+    # worse, not gone: "has gone numb" is no resolution
+    ("gone-numb", "", "my jaw aches and my left hand has gone numb, could be stress"),
+    # allergy with trouble swallowing, or with hives and vomiting
+    ("allergy-swallowing", "", "after the crab dip it's getting difficult to swallow"),
+    ("hives-vomiting", "", "she's broken out in welts and keeps vomiting since lunch"),
+    # suicide said sideways: farewells with hopelessness, a method, means and intent, a wish not to exist
+    ("farewell-hopeless", "", "what's the point of anything. I gave my guitar and my things away to my brother"),
+    ("method-indirect", "", "some days I think about swerving into oncoming traffic"),
+    ("means-intent", "", "I have the rope in the garage and I'm ready to do it"),
+    ("wish-not-alive", "", "honestly I wish I wasn't alive"),
+    ("es-method", "", "a veces pienso en estrellar el carro contra un poste"),
+    # testicle in slang; a cold pale foot all of a sudden; the belly with fever on the right
+    ("torsion-slang", "", "woke up with horrible pain in my right ball and feel sick"),
+    ("cold-limb", "", "out of nowhere my leg went cold and white and it really hurts"),
+    ("appendix", "", "bad stomach ache low on the right side and a temp of 101"),
+    # confusion in lay words, a bone you can see, a very high fever, a slow pulse after a double dose
+    ("mixed-up", "", "grandpa has been mixed up all afternoon and keeps calling me by my mom's name"),
+    ("bone-visible", "", "he fell on the glass and you can see bone in the cut"),
+    ("fever-105", "", "temperature 105.2 and she's shivering"),
+    ("slow-pulse", "", "took a double dose of metoprolol, my pulse is 36"),
+    # overdose in chat spelling and by medicine name; a crushed limb; waters breaking; the glass test
+    ("od-d", "", "pretty sure my brother OD'd, he's not making sense"),
+    ("all-my-meds", "", "I swallowed all of my seroquel after dinner"),
+    ("crushed-limb", "", "his hand got stuck in the conveyor and it's crushed"),
+    ("waters", "", "I'm 29 weeks pregnant and there was a big gush of water when I stood up"),
+    ("glass-test", "", "little red dots on his legs, I pressed a glass on them and they are still there, he's hot"),
+    ("tired-of-living", "", "i'm just so tired of living"),
+    ("trouble-talking", "dad", "dad has had trouble talking since lunch and his hand is clumsy"),
 ]
 
 # (case, subject, body): none of these is an emergency; each mentions an emergency concept it rules out.
@@ -75,7 +105,36 @@ NOT_EMERGENCIES = [
     ("es-bill", "", "me llegó la cuenta de la ambulancia del año pasado"),
     ("cooking-not-choking", "", "my son loves cooking dinner with me, can we talk about his diet?"),
     ("blood-pressure-not-chest-pressure", "", "my blood pressure meds make me tired, can we change them?"),
+    # a report's wording, a blood thinner not taken, idioms, care already given, an old episode in Spanish words
+    ("report-no-acute", "CT", "the CT said no evidence of hemorrhage, does that mean I'm fine?"),
+    ("drowning-idiom", "", "drowning in paperwork for my disability claim, which form is it?"),
+    ("heart-attack-idiom", "", "my teenager is giving me a heart attack, anyway can I get my statin refilled"),
+    ("after-care", "", "they took me to the ER by ambulance on Friday, I'm back home now and need a follow up"),
+    ("es-number-word", "", "mi papá tuvo un derrame hace tres años, necesito el formulario del seguro"),
+    ("es-visit-bill", "", "¿me pueden explicar el costo de la visita a urgencias de enero?"),
+    ("tired-of-living-with", "", "I'm tired of living with this knee pain, can we try something else?"),
+    ("trouble-talking-to", "", "I have trouble talking to my teenager about his diabetes, any resources?"),
+    ("es-course-finished", "", "me tomé todas las pastillas del antibiótico como me indicaron, ¿ya no necesito cita?"),
 ]
+
+
+# Hand probes written after blind round 6 (one message a line): each an emergency, or each not one.
+_DATA = Path(__file__).parents[1] / "data" / "routing"
+PROBES = [line for line in (_DATA / "probe_emergencies.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+CALM_PROBES = [line for line in (_DATA / "probe_not_emergencies.txt").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+
+
+@pytest.mark.parametrize("body", PROBES, ids=[f"probe-{i:03d}" for i in range(len(PROBES))])
+def test_every_probe_emergency_is_caught(body: str) -> None:
+    triage = classify("", body)
+    assert triage.urgency == "emergency", (body, triage.signals)
+
+
+@pytest.mark.parametrize("body", CALM_PROBES, ids=[f"calm-{i:03d}" for i in range(len(CALM_PROBES))])
+def test_no_calm_probe_is_an_emergency(body: str) -> None:
+    triage = classify("", body)
+    assert triage.urgency != "emergency", (body, triage.signals)
 
 
 @pytest.mark.parametrize(("subject", "body"), [c[1:] for c in EMERGENCIES], ids=[c[0] for c in EMERGENCIES])
@@ -92,6 +151,14 @@ def test_negated_historical_or_hypothetical_mention_is_not_an_emergency(subject:
     triage = classify(subject, body)
     assert triage.urgency != "emergency", (triage.signals, triage.explanation)
     assert any(s.startswith("ctx:") for s in triage.signals) or "lex:" not in " ".join(triage.signals)
+
+
+def test_a_head_bump_without_a_blood_thinner_is_urgent_not_an_emergency() -> None:
+    triage = classify("", "bumped my head on the car door, I'm not taking any blood thinners, small bump")
+    assert triage.urgency == "urgent", triage.signals
+    assert "lex:head_injury_blood_thinner" not in triage.signals
+    on_one = classify("", "bumped my head on the car door, I'm taking eliquis, small bump")
+    assert on_one.urgency == "emergency" and "lex:head_injury_blood_thinner" in on_one.signals
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,10 @@ from lockbox.routing.classify.model import Record, load_corpus
 
 CORPUS = load_corpus()
 TEST = [r for r in CORPUS if r.split == "test"]
-HOLDOUT = load_corpus((Path(__file__).parents[1] / "data" / "routing" / "holdout.jsonl").read_text(encoding="utf-8"))
+DATA = Path(__file__).parents[1] / "data" / "routing"
+HOLDOUT = load_corpus((DATA / "holdout.jsonl").read_text(encoding="utf-8"))
+# Later blind rounds, each written before its misses were fixed (scores in tests/data/routing/README.md).
+BLIND = [r for path in sorted(DATA.glob("blind_round_*.jsonl")) for r in load_corpus(path.read_text(encoding="utf-8"))]
 
 
 def _id(record: Record) -> str:
@@ -57,6 +60,25 @@ def test_every_emergency_in_the_test_split_is_caught(record: Record) -> None:
 @pytest.mark.parametrize("record", [r for r in HOLDOUT if r.urgency == "emergency"], ids=_id)
 def test_every_emergency_in_the_holdout_file_is_caught(record: Record) -> None:
     assert classify(record.subject, record.body).urgency == "emergency", record.body
+
+
+def test_the_blind_rounds_are_there_and_well_formed() -> None:
+    assert len(BLIND) >= 200
+    assert len({r.id for r in BLIND}) == len(BLIND)
+    for r in BLIND:
+        assert r.urgency in URGENCIES and r.topic in TOPICS and r.lang in LANGUAGES and r.body.strip(), r.id
+
+
+@pytest.mark.parametrize("record", [r for r in BLIND if r.urgency == "emergency"], ids=_id)
+def test_every_emergency_in_the_blind_rounds_is_caught(record: Record) -> None:
+    triage = classify(record.subject, record.body)
+    assert triage.urgency == "emergency", (record.body, triage.signals)
+
+
+def test_false_alarms_stay_rare_in_the_blind_rounds() -> None:
+    calm = [r for r in BLIND if r.urgency != "emergency"]
+    alarms = [r.id for r in calm if classify(r.subject, r.body).urgency == "emergency"]
+    assert len(alarms) <= 0.03 * len(calm), alarms
 
 
 @pytest.mark.parametrize("lang", [*LANGUAGES, "all"])

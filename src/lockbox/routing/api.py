@@ -36,6 +36,11 @@ async def decisions(thread_id: str, actor: Caller, db: Db) -> list[schemas.Decis
     return await db.read(service.decisions, actor=actor, thread_id=thread_id)
 
 
+@router.get("/threads/{thread_id}/routing/clock", response_model=schemas.ClockOut)
+async def clock(thread_id: str, actor: Caller, db: Db) -> schemas.ClockOut:
+    return await db.read(service.clock, actor=actor, thread_id=thread_id)
+
+
 @router.get("/pools/{pool_id}/workload", response_model=list[schemas.WorkloadOut])
 async def workload(pool_id: str, actor: Caller, db: Db) -> list[schemas.WorkloadOut]:
     return await db.read(service.pool_workload, actor=actor, pool_id=pool_id)

@@ -57,6 +57,14 @@ def acknowledged_seq(session: Session, thread_id: str) -> int:
     return max(int(read), int(wrote))
 
 
+def answered_at(session: Session, thread_id: str, after_seq: int) -> datetime | None:
+    """When a staff member first wrote in the thread after the patient message ``after_seq``."""
+    answered: datetime | None = session.scalar(
+        select(func.min(Message.created_at)).join(User, User.id == Message.sender_id)
+        .where(Message.thread_id == thread_id, Message.seq > after_seq, User.role != Role.patient))
+    return answered
+
+
 def tier_people(session: Session, thread: Thread, tier: str, now: datetime) -> list[str]:
     pool = session.get(Pool, thread.pool_id) if thread.pool_id else None
     if tier == "pool_lead":
@@ -115,6 +123,9 @@ def fire(session: Session, payload: dict[str, Any], *, rules: RuleSet) -> str:
     claimed = state.acknowledged_at is not None and state.pending_since is not None \
         and state.acknowledged_at >= state.pending_since
     if ack >= state.pending_seq or claimed:
+        answered = answered_at(session, thread_id, state.pending_seq)
+        if answered is not None:
+            state.answered_at = answered
         # Answered: if the patient wrote again since, that message's own clock starts now.
         newer = session.execute(
             select(Message.seq, Message.created_at)
@@ -146,6 +157,7 @@ def fire(session: Session, payload: dict[str, Any], *, rules: RuleSet) -> str:
            step=step, generation=state.generation, recipients=people, pool=thread.pool_id)
     state.step = step + 1
     state.escalations += 1
+    state.escalated_at = now
     again = rules.due(now, Sla.parse(state.sla))
     state.due_at = again
     _schedule(session, state, again)

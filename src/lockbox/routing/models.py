@@ -52,6 +52,10 @@ class RoutingState(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     escalations: Mapped[int] = mapped_column(Integer, default=0)
+    # When a staff member's message last answered a waiting patient message (stamped when the clock settles),
+    # and when the ladder last climbed.
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CallbackTask(Base):

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +111,7 @@ class When(BaseModel):
     hours: str | None = None  # clinic-local HH:MM-HH:MM
     weekdays: list[Weekday] | None = None
     clinic_open: bool | None = None
+    holiday: bool | None = None  # a clinic holiday (the file's holidays) for the patient's location
 
     @field_validator("hours")
     @classmethod
@@ -151,6 +152,10 @@ class _Header(BaseModel):
     timezone: str = "UTC"
     # Per location id, plus "default": weekday -> "HH:MM-HH:MM"; a missing weekday is closed.
     clinic_hours: dict[str, dict[Weekday, str]] = Field(default_factory=dict)
+    # Days the clinic is closed although the weekday is open: a list for every location, or per location id
+    # plus "default". A clinic's own list (open on Veterans Day, closed the Friday after Thanksgiving), kept in
+    # the file that is validated and hot-reloaded, rather than a country's public-holiday calendar.
+    holidays: list[date] | dict[str, list[date]] = Field(default_factory=list)
     sla: dict[Urgency, str] = Field(default_factory=dict)
     escalation: list[Tier] = Field(default_factory=lambda: list(_DEFAULT_LADDER))
     # Where an emergency's call-back task goes and whose on-call person is paged.
@@ -210,6 +215,7 @@ class Facts:
     local_time: dtime = dtime(12, 0)
     weekday: str = "mon"
     clinic_open: bool = True
+    holiday: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,6 +253,8 @@ class CompiledRule:
             return False
         if w.weekdays is not None and f.weekday not in w.weekdays:
             return False
+        if w.holiday is not None and f.holiday != w.holiday:
+            return False
         return not (w.clinic_open is not None and f.clinic_open != w.clinic_open)
 
 
@@ -260,6 +268,7 @@ class RuleSet:
     emergency_pool: str
     source: str = "default"
     names: frozenset[str] = field(default_factory=frozenset)
+    holidays: dict[str, frozenset[date]] = field(default_factory=dict)  # location id or "default" -> days
 
     def first_match(self, facts: Facts) -> CompiledRule | None:
         for rule in self.rules:
@@ -286,29 +295,38 @@ class RuleSet:
             return self.clinic_hours[location]
         return self.clinic_hours.get("default", {})
 
+    def is_holiday(self, location: str | None, at: datetime) -> bool:
+        """Whether the clinic-local day of ``at`` is a holiday at the location (its own list, else the default)."""
+        if not self.holidays:
+            return False
+        days = self.holidays.get(location, self.holidays.get("default", frozenset())) if location is not None \
+            else self.holidays.get("default", frozenset())
+        return self.local(at).date() in days
+
     def is_open(self, location: str | None, at: datetime) -> bool:
         week = self.hours_for(location)
         if week is None:
-            return True
+            return not self.is_holiday(location, at)
         local = self.local(at)
         span = week.get(WEEKDAYS[local.weekday()])
-        return span is not None and _in_span(span, local.time())
+        return span is not None and _in_span(span, local.time()) and not self.is_holiday(location, at)
 
     def due(self, start: datetime, sla: Sla) -> datetime:
-        """When a response is due; business days skip the days the clinic is closed."""
+        """When a response is due; business days skip the days the clinic is closed (weekly and holidays)."""
         if not sla.business_days:
             return start + timedelta(seconds=sla.seconds)
         week = self.hours_for(None)
         open_days = set(week) if week else set(WEEKDAYS[:5])
         if not open_days:
             open_days = set(WEEKDAYS[:5])
+        closed = self.holidays.get("default", frozenset())
         local = self.local(start)
         left = sla.business_days
         while left:
             local = (local + timedelta(days=1)).replace(tzinfo=self.tz)
             # Re-resolve the zone offset so a DST change keeps the same wall-clock time.
             local = datetime.combine(local.date(), local.timetz().replace(tzinfo=None), self.tz)
-            if WEEKDAYS[local.weekday()] in open_days:
+            if WEEKDAYS[local.weekday()] in open_days and local.date() not in closed:
                 left -= 1
         return local.astimezone(start.tzinfo)
 
@@ -330,6 +348,8 @@ def parse_rules(text: str, *, source: str = "rules") -> RuleSet:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise RulesError([f"not valid YAML{where}"]) from None
+    except ValueError:  # a well-formed date that does not exist (2026-02-30) fails while the YAML is read
+        raise RulesError(["not valid YAML: a date that does not exist (holidays)"]) from None
     if not isinstance(raw, dict):
         raise RulesError(["the rules file is a mapping with a 'rules' list"])
     problems: list[str] = []
@@ -368,7 +388,14 @@ def parse_rules(text: str, *, source: str = "rules") -> RuleSet:
         emergency_pool=header.emergency_pool,
         source=source,
         names=frozenset(seen),
+        holidays=_holidays(header.holidays),
     )
+
+
+def _holidays(given: list[date] | dict[str, list[date]]) -> dict[str, frozenset[date]]:
+    if isinstance(given, list):
+        return {"default": frozenset(given)} if given else {}
+    return {loc: frozenset(days) for loc, days in given.items()}
 
 
 # -- the store: hot reload ---------------------------------------------------------------------------
@@ -382,8 +409,9 @@ class _Loaded:
 
 class RuleStore:
     """The rules in force for one file. The file's mtime is looked at, at most every ``CHECK_EVERY_S``,
-    on the decision path itself (no watcher thread to start or stop); a change is parsed once. A bad
-    file keeps the last good rules and leaves a pending alert for the next unit of work to raise."""
+    on the decision path itself, and by the server's watcher (routing.watch) when no message arrives; a
+    change is parsed once. A bad file keeps the last good rules and leaves a pending alert for the next
+    unit of work (or the watcher) to raise."""
 
     def __init__(self, path: Path | None, *, check_every_s: float = CHECK_EVERY_S) -> None:
         self.path = path or DEFAULT_RULES
@@ -403,6 +431,14 @@ class RuleStore:
             if self._loaded is None or now - self._checked_at >= self.check_every_s:
                 self._checked_at = now
                 self._refresh()
+            assert self._loaded is not None
+            return self._loaded.rules
+
+    def check_now(self) -> RuleSet:
+        """Look at the file now, whatever the interval (the watcher's call)."""
+        with self._lock:
+            self._checked_at = time.monotonic()
+            self._refresh()
             assert self._loaded is not None
             return self._loaded.rules
 

@@ -57,3 +57,22 @@ class WorkloadOut(BaseModel):
     open_threads: int
     weighted_load: int
     available: bool
+
+
+class ClockOut(BaseModel):
+    """A routed thread's response clock: what waits, until when, how far the ladder climbed, and when staff
+    last acknowledged, answered and were escalated to."""
+
+    thread_id: str
+    priority: str
+    rule: str
+    sla: str
+    waiting: bool = Field(description="A patient message waits for staff (not yet read, answered or claimed)")
+    pending_since: datetime | None
+    due_at: datetime | None
+    step: int = Field(description="Escalation tiers notified for the current wait")
+    escalations: int = Field(description="Escalations over the thread's life")
+    acknowledged_at: datetime | None = Field(description="Last claim, transfer or call-back completion")
+    answered_at: datetime | None = Field(description="When a staff message last answered a waiting patient message")
+    escalated_at: datetime | None = Field(description="When the escalation ladder last climbed")
+

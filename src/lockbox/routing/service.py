@@ -90,6 +90,11 @@ def _raise_rule_alerts(session: Session, store: RuleStore) -> None:
         raise_alert(session, kind="routing_rules_invalid", rules_file=name, problems=len(problems))
 
 
+def raise_rule_alerts(session: Session, *, store: RuleStore) -> None:
+    """The watcher's unit of work (routing.watch): the same alert, when no message is on its way."""
+    _raise_rule_alerts(session, store)
+
+
 # -- phases --------------------------------------------------------------------------------------
 
 
@@ -106,16 +111,19 @@ def _facts(rules: RuleSet, now: datetime, urgency: str, triage: Triage, ctx: Pat
         days_since_surgery=_days_since(now, ctx.last_surgery_at),
         days_since_encounter=_days_since(now, ctx.last_encounter_at),
         local_time=local.time(), weekday=WEEKDAYS[local.weekday()], clinic_open=rules.is_open(ctx.location_id, now),
+        holiday=rules.is_holiday(ctx.location_id, now),
     )
 
 
 def _decide(session: Session, *, rules: RuleSet, now: datetime, urgency: str, triage: Triage, ctx: PatientContext,
             care_team_id: str | None, trigger: str, seq: int, keep_assignee: str | None = None,
-            current_pool: str | None = None) -> Decision:
+            current_pool: str | None = None, pool_override: str | None = None) -> Decision:
     facts = _facts(rules, now, urgency, triage, ctx, care_team_id)
     rule: CompiledRule | None = rules.first_match(facts)
     emergency = urgency == "emergency"
     wanted = rule.pool if rule is not None else (rules.emergency_pool if emergency else None)
+    if pool_override is not None:
+        wanted = pool_override
     pool = session.get(Pool, wanted) if wanted else None
     fallback = pool is None
     rule_name = rule.name if rule is not None else "no-rule"
@@ -200,6 +208,8 @@ def route_patient_reply(
     state = session.get(RoutingState, thread_id)
     now = runtime_of(session).clock.now()
     if triage is None:
+        if state is None and seq is not None:
+            return route_first_reply(session, thread_id=thread_id, patient_id=patient_id, body=body, seq=seq)
         if state is not None and state.pending_seq is None and seq is not None:
             escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
         return None
@@ -222,6 +232,31 @@ def route_patient_reply(
         thread.pool_id = decision.pool_id
     if decision.assignee_id != thread.assignee_id and decision.assignee_id is not None:
         thread.assignee_id = decision.assignee_id
+    return decision
+
+
+def route_first_reply(session: Session, *, thread_id: str, patient_id: str, body: str, seq: int) -> Decision | None:
+    """A patient's first reply in a thread staff started (it has no response clock): the patient now waits for
+    an answer, so the reply is triaged and routed like a new message (the rules' pool, SLA and ladder, the
+    balance's responder). A pool or assignee the thread already has is kept; the staff who wrote stay members.
+    A thread the patient addressed to named staff stays as addressed (None)."""
+    thread = session.get(Thread, thread_id)
+    if thread is None or thread.patient_id != patient_id or thread.created_by == patient_id:
+        return None
+    from lockbox.routing.classify import classify
+
+    triage = classify("", body)
+    rt = runtime_of(session)
+    ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
+    decision = _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency=triage.urgency, triage=triage,
+                       ctx=ctx, care_team_id=thread.care_team_id or ctx.care_team_id, trigger="reply", seq=seq,
+                       keep_assignee=thread.assignee_id, current_pool=thread.pool_id, pool_override=thread.pool_id)
+    if thread.pool_id is None and decision.pool_id is not None:
+        thread.pool_id = decision.pool_id
+    if thread.assignee_id is None and decision.assignee_id is not None:
+        thread.assignee_id = decision.assignee_id
+    thread.urgent = thread.urgent or decision.urgency != "routine"
+    thread.emergency = thread.emergency or decision.emergency
     return decision
 
 
@@ -466,6 +501,40 @@ def decisions(session: Session, *, actor: Actor, thread_id: str) -> list[schemas
             for r in rows]
 
 
+def clock(session: Session, *, actor: Actor, thread_id: str) -> schemas.ClockOut:
+    """The thread's response clock, for staff who can read the thread."""
+    thread = _staff_thread(session, actor, thread_id)
+    out = clock_states(session, [thread.id]).get(thread.id)
+    if out is None:
+        raise NotFound("This thread has no response clock.")
+    return out
+
+
+def clock_states(session: Session, thread_ids: list[str]) -> dict[str, schemas.ClockOut]:
+    """Thread id -> its response clock, for the API and the queues. A wait a staff message has already answered
+    shows as answered now, before its timer settles it (reads never write)."""
+    if not thread_ids:
+        return {}
+    out: dict[str, schemas.ClockOut] = {}
+    for st in session.scalars(select(RoutingState).where(RoutingState.thread_id.in_(thread_ids))):
+        answered = st.answered_at
+        waiting = st.pending_seq is not None
+        if st.pending_seq is not None:
+            live = escalation.answered_at(session, st.thread_id, st.pending_seq)
+            claimed = st.acknowledged_at is not None and st.pending_since is not None \
+                and st.acknowledged_at >= st.pending_since
+            if live is not None:
+                answered, waiting = live, False
+            elif claimed or escalation.acknowledged_seq(session, st.thread_id) >= st.pending_seq:
+                waiting = False  # read or claimed: the ladder stops at its next look
+        out[st.thread_id] = schemas.ClockOut(
+            thread_id=st.thread_id, priority=st.priority, rule=st.rule, sla=st.sla, waiting=waiting,
+            pending_since=st.pending_since, due_at=st.due_at if waiting else None, step=st.step,
+            escalations=st.escalations, acknowledged_at=st.acknowledged_at, answered_at=answered,
+            escalated_at=st.escalated_at)
+    return out
+
+
 def duty_status(session: Session, *, actor: Actor) -> schemas.DutyOut:
     policy.require_staff(actor)
     now = runtime_of(session).clock.now()
@@ -557,4 +626,5 @@ def run_escalation(session: Session, payload: dict[str, Any]) -> None:
 
 from lockbox.routing import tasks as _tasks  # noqa: E402  (registers the job handlers on import)
 
-__all__ = ["Decision", "_tasks", "record_decision", "route_patient_message", "route_patient_reply", "screen_addressed"]
+__all__ = ["Decision", "_tasks", "record_decision", "route_first_reply", "route_patient_message", "route_patient_reply",
+           "screen_addressed"]

@@ -22,6 +22,7 @@ class Category:
     yields_to_internal_negation: bool
     revived_by: str | None
     spares_groups: frozenset[str]
+    needs_cue: str | None = None  # suppresses only in a message that has this cue
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ class Scoped:
 def _doc_word(tok: str, vocab: frozenset[str]) -> str:
     if tok in vocab:
         return tok
-    value = number(tok) if tok and tok[0].isdigit() else None
+    # Digits, or a number word no rule names: "hace dos anos" reads as "hace zznum anos".
+    value = number(tok) if tok else None
     if value is not None:
         return "zzyear" if len(tok) == 4 and 1900 <= value <= 2099 else "zznum"
     return _PLACEHOLDER
@@ -54,6 +56,7 @@ class ContextScoper:
                 str(spec.get("yields_to_internal_negation")).lower() == "true",
                 spec.get("revived_by"),
                 frozenset(spec.get("spares_groups", ())),
+                spec.get("needs_cue"),
             )
             for name, spec in data["categories"].items()
         }

@@ -99,8 +99,8 @@ class Engine:
         tokens = head + self.tokens(body)
         language = detect_language(f"{subject}\n{body}", tokens)
         scoped = self.context.scope(tokens, self.lexicon.match(tokens))
-        revived = {cue: self.context.cue_present(tokens, cue) for cue in ("recurrence", "first_time")}
-        live = [self._live_modifiers(s, revived) for s in scoped]
+        cues = {cue: self.context.cue_present(tokens, cue) for cue in self.context.cues} if scoped else {}
+        live = [self._live_modifiers(s, cues) for s in scoped]
         # A subject is a title: "Ambulance" over "the ambulance bill from last year" is the body's ambulance, so
         # when the body names the concept only in suppressed ways, the subject's mention is suppressed with it.
         in_body: dict[str, list[set[str]]] = {}
@@ -133,11 +133,13 @@ class Engine:
             urgents,
         )
 
-    def _live_modifiers(self, scoped: Scoped, revived: dict[str, bool]) -> set[str]:
+    def _live_modifiers(self, scoped: Scoped, cues: dict[str, bool]) -> set[str]:
         live = set()
         for name in scoped.modifiers:
             category = self.context.categories[name]
-            if category.revived_by and revived.get(category.revived_by):
+            if category.revived_by and cues.get(category.revived_by):
+                continue
+            if category.needs_cue and not cues.get(category.needs_cue):
                 continue
             live.add(name)
         return live
@@ -194,9 +196,15 @@ class Engine:
         return Triage("emergency", "symptoms", analysis.language, tuple(signals), explanation)
 
     def _names_emergency(self, analysis: Analysis) -> bool:
-        """Whether the lexicon saw an emergency concept at all: then its ConText verdict stands, and the net, which
-        cannot read negation, stays out."""
-        return any(self._names[c].level == "emergency" for c in analysis.suppressed if c in self._names)
+        """Whether the lexicon saw an emergency concept, or a component of one ("not really bleeding"), only to have
+        ConText rule it out: then that verdict stands, and the net, which cannot read negation, stays out."""
+        for ident in analysis.suppressed:
+            concept = self._names.get(ident)
+            if concept is None:
+                continue
+            if concept.level == "emergency" or (concept.level == "component" and concept.group != "evidence"):
+                return True
+        return False
 
     # ------------------------------------------------------------------ explanation, from lexicon names only
 

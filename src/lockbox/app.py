@@ -7,12 +7,13 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from lockbox.audit.headfile import HeadFile
 from lockbox.clock import Clock, SystemClock
 from lockbox.config import Settings, load_settings
-from lockbox.crypto.keys import keyring_from_file
+from lockbox.crypto.keys import keyring_for
 from lockbox.db import Database
 from lockbox.db.uow import Runtime
 from lockbox.http import AppState, SecurityHeaders, install_error_handlers
@@ -22,13 +23,22 @@ from lockbox.realtime.hub import Hub
 def build_database(settings: Settings, *, clock: Clock | None = None, hub: Hub | None = None) -> Database:
     """The storage and runtime every entry point (server, CLI, tests) shares."""
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    keyring = keyring_from_file(settings.resolved_key_file)
+    keyring = keyring_for(settings)  # the key file, or Vault transit (LOCKBOX_KEY_PROVIDER)
     head = HeadFile(settings.audit_head_file, keyring)
     runtime = Runtime(settings=settings, keyring=keyring, clock=clock or SystemClock(), audit_head=head.write)
     if hub is not None:
         runtime.publish = hub.publish
         runtime.end_sessions = hub.end_sessions
     return Database(settings.resolved_database_url, runtime, batch_max=settings.commit_batch_max)
+
+
+def make_hub(settings: Settings) -> Hub:
+    """In-process fan-out; with ``redis_url`` set, events also reach the sockets of other processes."""
+    if settings.redis_url:
+        from lockbox.realtime.redis_hub import RedisHub
+
+        return RedisHub(settings.redis_url, channel=f"{settings.redis_prefix}:events")
+    return Hub()
 
 
 def _warm_up_triage() -> None:
@@ -43,7 +53,7 @@ def create_app(
     """The whole server. ``workers`` in-process job workers run beside it (0 when separate
     ``lockbox worker`` processes do the background work)."""
     settings = settings or load_settings()
-    hub = Hub()
+    hub = make_hub(settings)
     db = build_database(settings, clock=clock, hub=hub)
     if migrate:
         db.migrate()
@@ -59,9 +69,22 @@ def create_app(
         running = [Worker(db) for _ in range(workers)]
         for worker in running:
             worker.start()
+        from lockbox.routing.watch import RulesWatcher
+
+        # A changed or broken rules file is noticed with no message arriving.
+        rules_watcher = RulesWatcher(db, every_s=settings.routing_rules_watch_s)
+        if settings.routing_rules_watch_s > 0:
+            rules_watcher.start()
+        from lockbox.gateway import server as smtp_gateway
+
+        gateway = await smtp_gateway.start(db, settings)
+        await anyio.to_thread.run_sync(app.state.metrics.database.start)
         yield
+        await smtp_gateway.stop(gateway)
         for worker in running:
             worker.stop()
+        rules_watcher.stop()
+        await hub.aclose()
         db.close()
 
     app = FastAPI(
@@ -76,10 +99,28 @@ def create_app(
     app.state.lockbox = AppState(settings=settings, db=db, hub=hub)
     install_error_handlers(app)
     app.add_middleware(SecurityHeaders, hsts=settings.public_url.startswith("https://"))
+    # Operations: metrics by route template, and forwarded client addresses from trusted proxies only
+    # (added last, so it runs first and everything after sees the real client and scheme).
+    from lockbox.system.metrics import Metrics, MetricsMiddleware
+
+    app.state.metrics = Metrics(db)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    from lockbox.system.production import trusted_proxy_list
+
+    if settings.proxy_headers and trusted_proxy_list(settings):
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxy_list(settings))
 
     from lockbox.routers import mount_all
     from lockbox.web import mount as mount_web
 
     mount_all(app)
     mount_web(app)
+    from lockbox.gateway.pages import router as secure_pages  # the external recipient's pages
+
+    app.include_router(secure_pages)
+    from lockbox.system.api import metrics_router
+
+    app.include_router(metrics_router)
     return app

@@ -11,7 +11,7 @@ from lockbox.http import ERROR_RESPONSES
 API_PREFIX = "/api/v1"
 # Domains with an api.py; each exposes ``router``.
 DOMAINS = ["identity", "messaging", "realtime", "audit", "directory", "access", "system", "consent", "notify",
-           "routing"]
+           "routing", "retention", "gateway", "fhir", "phi"]
 
 
 def mount_all(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Request, Response
 
+from lockbox import ratelimit
 from lockbox.http import SESSION_COOKIE, Caller, CurrentActor, Db, client_addr
 from lockbox.identity import service
 from lockbox.identity.schemas import (
@@ -54,7 +55,7 @@ async def enrol(body: EnrolIn, request: Request, db: Db) -> EnrolOut:
     return EnrolOut(totp_uri=_accepted(result).totp_uri)
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", dependencies=[ratelimit.LOGIN])
 async def login(body: LoginIn, request: Request, response: Response, db: Db) -> LoginOut:
     signed_in = _accepted(await service.sign_in(
         db, username=body.username, password=body.password, totp=body.totp,

@@ -7,6 +7,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, File, Form, Response, UploadFile
 from pydantic import BaseModel
 
+from lockbox import ratelimit
 from lockbox.errors import PayloadTooLarge
 from lockbox.http import Caller, Db, state
 from lockbox.messaging import schemas, service
@@ -19,7 +20,7 @@ def _json(model: BaseModel, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
-@router.post("/threads", status_code=201, response_model=schemas.ThreadCreated)
+@router.post("/threads", status_code=201, response_model=schemas.ThreadCreated, dependencies=[ratelimit.SEND])
 async def create_thread(data: schemas.ThreadCreate, actor: Caller, db: Db) -> Response:
     return _json(await db.write(service.create_thread, actor=actor, data=data), 201)
 
@@ -34,7 +35,8 @@ async def get_thread(thread_id: str, actor: Caller, db: Db) -> schemas.ThreadDet
     return await db.write(service.get_thread, actor=actor, thread_id=thread_id)
 
 
-@router.post("/threads/{thread_id}/messages", status_code=201, response_model=schemas.MessageOut)
+@router.post("/threads/{thread_id}/messages", status_code=201, response_model=schemas.MessageOut,
+             dependencies=[ratelimit.SEND])
 async def reply(thread_id: str, data: schemas.MessageCreate, actor: Caller, db: Db) -> Response:
     return _json(await db.write(service.reply, actor=actor, thread_id=thread_id, body=data.body), 201)
 
@@ -63,7 +65,8 @@ async def break_glass(thread_id: str, data: schemas.BreakGlassRequest, actor: Ca
     return Response(status_code=204)
 
 
-@router.post("/threads/{thread_id}/attachments", status_code=201, response_model=schemas.MessageOut)
+@router.post("/threads/{thread_id}/attachments", status_code=201, response_model=schemas.MessageOut,
+             dependencies=[ratelimit.UPLOAD])
 async def upload_attachment(
     thread_id: str,
     actor: Caller,

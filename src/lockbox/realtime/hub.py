@@ -1,7 +1,7 @@
 """In-process fan-out of committed events to open WebSockets, keyed by user and by session.
 
 Events are published from the writer thread after commit; the hub hops onto the event loop.
-A Redis-backed hub with the same interface carries them between processes (issue: scale).
+``redis_hub.RedisHub`` has the same interface and carries them between processes too.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class Hub:
         self._by_user: dict[str, set[Subscriber]] = defaultdict(set)
         self._by_session: dict[str, set[Subscriber]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The task that re-checks open sockets' sessions (realtime.api), while any are open.
+        self.session_watch: asyncio.Task[None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -84,6 +86,16 @@ class Hub:
                     sub.offer({"type": "wipe"})
                 sub.offer({"type": "session_ended"})
                 sub.offer(CLOSE)
+
+    def session_ids(self) -> list[str]:
+        return list(self._by_session)
+
+    def close_here(self, session_ids: Iterable[str]) -> None:
+        """End these sessions' sockets in this process only (each process checks its own)."""
+        self._end(list(session_ids), False)
+
+    async def aclose(self) -> None:
+        """Nothing to release in one process; the Redis hub stops its connections here."""
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._by_user.values())

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 02:17:01.705436
+Create Date: 2026-11-26 03:32:29.564140
 """
 
 from collections.abc import Sequence
@@ -214,6 +214,63 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("sender_id", "recipient", name=op.f("pk_correspondents")),
     )
     op.create_table(
+        "fhir_links",
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("identifier", sa.String(length=64), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=True),
+        sa.Column("fhir_type", sa.String(length=32), nullable=True),
+        sa.Column("fhir_id", sa.String(length=64), nullable=True),
+        sa.Column("checked_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_fhir_links_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_fhir_links")),
+    )
+    with op.batch_alter_table("fhir_links", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_fhir_links_fhir_id"), ["fhir_id"], unique=False)
+
+    op.create_table(
+        "gateway_passwords",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("label", sa.String(length=64), nullable=False),
+        sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_used_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_gateway_passwords_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_gateway_passwords")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_gateway_passwords_token_hash")),
+    )
+    with op.batch_alter_table("gateway_passwords", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_gateway_passwords_user_id"), ["user_id"], unique=False)
+
+    op.create_table(
+        "legal_holds",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("subject_type", sa.String(length=16), nullable=False),
+        sa.Column("subject_id", sa.String(length=32), nullable=False),
+        sa.Column("reason_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("placed_by", sa.String(length=32), nullable=True),
+        sa.Column("placed_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("released_by", sa.String(length=32), nullable=True),
+        sa.Column("released_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["placed_by"], ["users.id"], name=op.f("fk_legal_holds_placed_by_users"), ondelete="SET NULL"
+        ),
+        sa.ForeignKeyConstraint(
+            ["released_by"], ["users.id"], name=op.f("fk_legal_holds_released_by_users"), ondelete="SET NULL"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_legal_holds")),
+    )
+    with op.batch_alter_table("legal_holds", schema=None) as batch_op:
+        batch_op.create_index("ix_legal_holds_subject", ["subject_type", "subject_id", "released_at"], unique=False)
+
+    op.create_table(
         "notify_preferences",
         sa.Column("user_id", sa.String(length=32), nullable=False),
         sa.Column("quiet_from", sa.Time(), nullable=True),
@@ -349,6 +406,22 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_break_glass_grants_user_id"), ["user_id"], unique=False)
 
     op.create_table(
+        "fhir_filings",
+        sa.Column("thread_id", sa.String(length=32), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=64), nullable=True),
+        sa.Column("requested_by", sa.String(length=32), nullable=True),
+        sa.Column("requested_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("filed_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("filed_seq", sa.Integer(), nullable=False),
+        sa.Column("communications", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["requested_by"], ["users.id"], name=op.f("fk_fhir_filings_requested_by_users")),
+        sa.ForeignKeyConstraint(
+            ["thread_id"], ["threads.id"], name=op.f("fk_fhir_filings_thread_id_threads"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("thread_id", name=op.f("pk_fhir_filings")),
+    )
+    op.create_table(
         "messages",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("thread_id", sa.String(length=32), nullable=False),
@@ -425,11 +498,41 @@ def upgrade() -> None:
         sa.Column("step", sa.Integer(), nullable=False),
         sa.Column("acknowledged_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("escalations", sa.Integer(), nullable=False),
+        sa.Column("answered_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("escalated_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["thread_id"], ["threads.id"], name=op.f("fk_routing_thread_state_thread_id_threads"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("thread_id", name=op.f("pk_routing_thread_state")),
     )
+    op.create_table(
+        "secure_deliveries",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("thread_id", sa.String(length=32), nullable=False),
+        sa.Column("sender_id", sa.String(length=32), nullable=False),
+        sa.Column("address_sealed", sa.LargeBinary(), nullable=False),
+        sa.Column("link_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("code_mac", sa.String(length=100), nullable=True),
+        sa.Column("code_expires_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("code_failures", sa.Integer(), nullable=False),
+        sa.Column("codes_sent", sa.Integer(), nullable=False),
+        sa.Column("last_code_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("access_hash", sa.String(length=64), nullable=True),
+        sa.Column("access_expires_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("verified_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["sender_id"], ["users.id"], name=op.f("fk_secure_deliveries_sender_id_users")),
+        sa.ForeignKeyConstraint(
+            ["thread_id"], ["threads.id"], name=op.f("fk_secure_deliveries_thread_id_threads"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_secure_deliveries")),
+        sa.UniqueConstraint("access_hash", name=op.f("uq_secure_deliveries_access_hash")),
+        sa.UniqueConstraint("link_hash", name=op.f("uq_secure_deliveries_link_hash")),
+    )
+    with op.batch_alter_table("secure_deliveries", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_secure_deliveries_thread_id"), ["thread_id"], unique=False)
+
     op.create_table(
         "thread_participants",
         sa.Column("thread_id", sa.String(length=32), nullable=False),
@@ -496,11 +599,40 @@ def upgrade() -> None:
     with op.batch_alter_table("routing_decisions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_routing_decisions_thread_id"), ["thread_id"], unique=False)
 
+    op.create_table(
+        "secure_notices",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("delivery_id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("secret_sealed", sa.LargeBinary(), nullable=True),
+        sa.Column("created_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", lockbox.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("reason", sa.String(length=100), nullable=True),
+        sa.Column("provider_message_id", sa.String(length=200), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["delivery_id"],
+            ["secure_deliveries.id"],
+            name=op.f("fk_secure_notices_delivery_id_secure_deliveries"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_secure_notices")),
+    )
+    with op.batch_alter_table("secure_notices", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_secure_notices_delivery_id"), ["delivery_id"], unique=False)
+        batch_op.create_index("ix_secure_notices_status", ["status", "created_at"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("secure_notices", schema=None) as batch_op:
+        batch_op.drop_index("ix_secure_notices_status")
+        batch_op.drop_index(batch_op.f("ix_secure_notices_delivery_id"))
+
+    op.drop_table("secure_notices")
     with op.batch_alter_table("routing_decisions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_routing_decisions_thread_id"))
 
@@ -514,6 +646,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_thread_participants_user_id"))
 
     op.drop_table("thread_participants")
+    with op.batch_alter_table("secure_deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_secure_deliveries_thread_id"))
+
+    op.drop_table("secure_deliveries")
     op.drop_table("routing_thread_state")
     with op.batch_alter_table("routing_callbacks", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_routing_callbacks_thread_id"))
@@ -525,6 +661,7 @@ def downgrade() -> None:
 
     op.drop_table("notifications")
     op.drop_table("messages")
+    op.drop_table("fhir_filings")
     with op.batch_alter_table("break_glass_grants", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_break_glass_grants_user_id"))
         batch_op.drop_index(batch_op.f("ix_break_glass_grants_thread_id"))
@@ -554,6 +691,18 @@ def downgrade() -> None:
 
     op.drop_table("patients")
     op.drop_table("notify_preferences")
+    with op.batch_alter_table("legal_holds", schema=None) as batch_op:
+        batch_op.drop_index("ix_legal_holds_subject")
+
+    op.drop_table("legal_holds")
+    with op.batch_alter_table("gateway_passwords", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_gateway_passwords_user_id"))
+
+    op.drop_table("gateway_passwords")
+    with op.batch_alter_table("fhir_links", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_fhir_links_fhir_id"))
+
+    op.drop_table("fhir_links")
     op.drop_table("correspondents")
     with op.batch_alter_table("consent_records", schema=None) as batch_op:
         batch_op.drop_index("ix_consent_records_patient_scope")

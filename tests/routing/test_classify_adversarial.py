@@ -131,6 +131,12 @@ def test_every_probe_emergency_is_caught(body: str) -> None:
     assert triage.urgency == "emergency", (body, triage.signals)
 
 
+@pytest.mark.parametrize("body", PROBES, ids=[f"reply-{i:03d}" for i in range(len(PROBES))])
+def test_every_probe_emergency_is_caught_in_a_reply(body: str) -> None:
+    # a reply pays only for the emergency check, which must catch the same classes
+    assert emergency_check(body) is not None, body
+
+
 @pytest.mark.parametrize("body", CALM_PROBES, ids=[f"calm-{i:03d}" for i in range(len(CALM_PROBES))])
 def test_no_calm_probe_is_an_emergency(body: str) -> None:
     triage = classify("", body)

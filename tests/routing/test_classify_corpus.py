@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lockbox.routing.classify import LANGUAGES, TOPICS, URGENCIES, classify
+from lockbox.routing.classify import LANGUAGES, TOPICS, URGENCIES, classify, emergency_check
 from lockbox.routing.classify.model import Record, load_corpus
 
 CORPUS = load_corpus()
@@ -73,6 +73,11 @@ def test_the_blind_rounds_are_there_and_well_formed() -> None:
 def test_every_emergency_in_the_blind_rounds_is_caught(record: Record) -> None:
     triage = classify(record.subject, record.body)
     assert triage.urgency == "emergency", (record.body, triage.signals)
+
+
+@pytest.mark.parametrize("record", [r for r in BLIND if r.urgency == "emergency"], ids=_id)
+def test_every_emergency_in_the_blind_rounds_is_caught_in_a_reply(record: Record) -> None:
+    assert emergency_check(f"{record.subject}\n{record.body}") is not None, record.body
 
 
 def test_false_alarms_stay_rare_in_the_blind_rounds() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import puremagic
 from sqlalchemy import Table, bindparam, func, insert, select, union, update
@@ -23,6 +23,7 @@ from lockbox.crypto import aead
 from lockbox.crypto.exceptions import KeyExhausted
 from lockbox.crypto.service import count_seal
 from lockbox.db.base import new_id
+from lockbox.db.prepared import Prepared
 from lockbox.db.uow import publish, runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import (
@@ -380,8 +381,8 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
 
 
 def reply(session: Session, *, actor: Actor, thread_id: str, body: str) -> schemas.MessageOut:
-    """Add a message; the sender becomes a member of the thread. The hot path: Core statements only."""
-    thread = policy.thread_for_write(session, actor, thread_id)
+    """Add a message; the sender becomes a member of the thread. The hot path: prepared statements only."""
+    thread = policy.thread_facts_for_write(session, actor, thread_id)
     return _append(session, actor, thread, body)
 
 
@@ -390,42 +391,47 @@ _messages = cast(Table, Message.__table__)
 _participants = cast(Table, Participant.__table__)
 _pool_members = cast(Table, PoolMember.__table__)
 # The send path's statements, built once (bind names must differ from column names in SET clauses).
-_BUMP = (
+_BUMP = Prepared(
     update(_threads)
     .where(_threads.c.id == bindparam("b_thread"))
     .values(message_count=_threads.c.message_count + 1, data_key_uses=_threads.c.data_key_uses + bindparam("b_uses"),
             last_message_at=bindparam("b_now"), status="open")
     .returning(_threads.c.message_count, _threads.c.data_key_uses)
 )
-_INSERT_MESSAGE = insert(_messages)
-_MARK_OWN = (
+_INSERT_MESSAGE = Prepared(insert(_messages).values(
+    {c: bindparam(c) for c in ("id", "thread_id", "seq", "sender_id", "created_at", "kind", "body_sealed")}))
+_MARK_OWN = Prepared(
     update(_participants)
     .where(_participants.c.thread_id == bindparam("b_thread"), _participants.c.user_id == bindparam("b_user"))
     .values(kind="member", last_read_seq=bindparam("b_seq"), last_delivered_seq=bindparam("b_seq"),
             last_read_at=bindparam("b_now"))
 )
-_FOLLOWERS = union(
+_JOIN = Prepared(insert(_participants).values(
+    thread_id=bindparam("b_thread"), user_id=bindparam("b_user"), kind="member", joined_at=bindparam("b_now"),
+    last_read_seq=bindparam("b_seq"), last_delivered_seq=bindparam("b_seq"), last_read_at=bindparam("b_now")))
+_FOLLOWERS = Prepared(union(
     select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("b_thread"),
                                           _participants.c.kind == "member"),
     select(_pool_members.c.user_id).where(_pool_members.c.pool_id == bindparam("b_pool")),
-)
+))
 
 
-def _append(session: Session, actor: Actor, thread: Thread, body: str,
+def _append(session: Session, actor: Actor, thread: Any, body: str,
             attachment: tuple[str, str, bytes] | None = None) -> schemas.MessageOut:
+    """``thread``: the ORM Thread or the row of ``policy.thread_facts_for_write``."""
     rt = runtime_of(session)
-    conn = session.connection()
     now = rt.clock.now()
     # UPDATE … RETURNING allocates the sequence number under the row lock, whichever process sends.
-    bumped = conn.execute(_BUMP, {"b_thread": thread.id, "b_uses": 2 if attachment else 1, "b_now": now}).one()
+    bumped = _BUMP.first(session, b_thread=thread.id, b_uses=2 if attachment else 1, b_now=now)
+    if bumped is None:
+        raise NotFound()
     seq, total_uses = int(bumped[0]), int(bumped[1])
     if total_uses >= aead.SEAL_LIMIT:
         raise KeyExhausted("thread data key reached its seal budget")
     cipher = ThreadCipher.open(rt.keyring, thread.id, thread.key_version, thread.data_key_wrapped)
     message_id = new_id()
-    conn.execute(_INSERT_MESSAGE, {"id": message_id, "thread_id": thread.id, "seq": seq, "sender_id": actor.user_id,
-                                   "created_at": now, "kind": "message",
-                                   "body_sealed": cipher.seal_body(message_id, body)})
+    _INSERT_MESSAGE.run(session, id=message_id, thread_id=thread.id, seq=seq, sender_id=actor.user_id,
+                        created_at=now, kind="message", body_sealed=cipher.seal_body(message_id, body))
     attachments: list[schemas.AttachmentOut] = []
     if attachment is not None:
         name, content_type, data = attachment
@@ -438,11 +444,8 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
                                                  size=len(data)))
         record(session, action="messaging.attachment.upload", actor=actor, subject_type="attachment",
                subject_id=att_id, thread_id=thread.id, size=len(data))
-    updated = conn.execute(_MARK_OWN, {"b_thread": thread.id, "b_user": actor.user_id, "b_seq": seq, "b_now": now})
-    if not updated.rowcount:
-        conn.execute(insert(_participants), {"thread_id": thread.id, "user_id": actor.user_id, "kind": "member",
-                                             "joined_at": now, "last_read_seq": seq, "last_delivered_seq": seq,
-                                             "last_read_at": now})
+    if not _MARK_OWN.run(session, b_thread=thread.id, b_user=actor.user_id, b_seq=seq, b_now=now):
+        _JOIN.run(session, b_thread=thread.id, b_user=actor.user_id, b_seq=seq, b_now=now)
     auto_reply: str | None = None
     if actor.is_patient:
         decision = routing.route_patient_reply(session, thread_id=thread.id, patient_id=actor.user_id, body=body,
@@ -450,16 +453,17 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
         if decision is not None:
             routing.record_decision(session, thread_id=thread.id, message_id=message_id, decision=decision)
             auto_reply = decision.auto_reply
+            # Re-triage moved the thread (pool, assignee, emergency): notify from what it is now.
+            thread = session.get(Thread, thread.id) or thread
     record(session, action="messaging.message.send", actor=actor, subject_type="message", subject_id=message_id,
            thread_id=thread.id)
     _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq},
             sender_id=actor.user_id)
     if auto_reply:  # a reply that turned emergent gets the clinic's emergency answer at once
-        auto_seq = int(conn.execute(_BUMP, {"b_thread": thread.id, "b_uses": 1, "b_now": now}).one()[0])
+        auto_seq = int(_BUMP.first(session, b_thread=thread.id, b_uses=1, b_now=now)[0])
         auto_id = new_id()
-        conn.execute(_INSERT_MESSAGE, {"id": auto_id, "thread_id": thread.id, "seq": auto_seq, "sender_id": None,
-                                       "created_at": now, "kind": "auto_reply",
-                                       "body_sealed": cipher.seal_body(auto_id, auto_reply)})
+        _INSERT_MESSAGE.run(session, id=auto_id, thread_id=thread.id, seq=auto_seq, sender_id=None, created_at=now,
+                            kind="auto_reply", body_sealed=cipher.seal_body(auto_id, auto_reply))
         _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": auto_id, "seq": auto_seq})
     me = schemas.Person(id=actor.user_id, username=actor.username, display_name=actor.display_name,
                         role=actor.role.value)
@@ -508,17 +512,18 @@ def break_glass(session: Session, *, actor: Actor, thread_id: str, reason: str) 
     policy.break_glass(session, actor, thread_id, reason)
 
 
-def _notify(session: Session, thread: Thread, event: dict[str, object], *, sender_id: str | None = None) -> None:
+def _notify(session: Session, thread: Any, event: dict[str, object], *, sender_id: str | None = None) -> None:
     """Push to everyone who follows the thread: its members, its pool and the assignee; a new message
-    also goes to the notify domain for those who are not looking."""
-    users = set(session.connection().execute(_FOLLOWERS, {"b_thread": thread.id, "b_pool": thread.pool_id}).scalars())
+    also goes to the notify domain for those who are not looking. ``thread``: the Thread or a row of
+    ``policy.thread_facts_for_write``."""
+    users = set(_FOLLOWERS.scalars(session, b_thread=thread.id, b_pool=thread.pool_id))
     if thread.assignee_id:
         users.add(thread.assignee_id)
     publish(session, users, event)
     message_id = event.get("message_id")
     if isinstance(message_id, str):
         notify.message_sent(session, thread_id=thread.id, message_id=message_id, sender_id=sender_id,
-                            recipient_ids=sorted(users - {sender_id}))
+                            recipient_ids=sorted(users - {sender_id}), thread=thread)
 
 
 # -- attachments ---------------------------------------------------------------------------------

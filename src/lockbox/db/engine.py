@@ -64,6 +64,23 @@ def _sqlite_engine(url: str, *, writer: bool) -> Engine:
     return engine
 
 
+def _fast_savepoints(engine: Engine) -> None:
+    """Every unit of work runs in its own SAVEPOINT. SQLAlchemy compiles each SAVEPOINT / RELEASE anew
+    (the name changes, so its statement cache never hits): about 60 µs a unit, more than the reply's own
+    statements. These send the same SQL straight to the driver; SQLAlchemy still tracks the savepoint."""
+    dialect = engine.dialect
+
+    def run(connection: Connection, sql: str) -> None:
+        connection.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
+
+    # Instance attributes shadow the dialect's methods for this engine only.
+    setattr(dialect, "do_savepoint", lambda connection, name: run(connection, f"SAVEPOINT {name}"))  # noqa: B010
+    setattr(dialect, "do_release_savepoint",  # noqa: B010
+            lambda connection, name: run(connection, f"RELEASE SAVEPOINT {name}"))
+    setattr(dialect, "do_rollback_to_savepoint",  # noqa: B010
+            lambda connection, name: run(connection, f"ROLLBACK TO SAVEPOINT {name}"))
+
+
 @dataclass(eq=False)
 class _Unit:
     fn: UnitFn
@@ -88,6 +105,7 @@ class Database:
         else:
             self.read_engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self.write_engine = self.read_engine
+        _fast_savepoints(self.write_engine)
         self._sessions = sessionmaker(bind=self.read_engine, expire_on_commit=False)
         self._queue: queue.SimpleQueue[_Unit | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, event, func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from lockbox.access import policy
 from lockbox.access.actor import Actor
 from lockbox.audit.service import raise_alert, record
-from lockbox.db.prepared import Prepared
 from lockbox.db.uow import publish, runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import Forbidden, InvalidInput, NotFound
@@ -190,9 +189,6 @@ def screen_addressed(session: Session, decision: Decision, *, patient_id: str, c
                    ctx=ctx, care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1)
 
 
-_CLOCK = Prepared(select(RoutingState.pending_seq).where(RoutingState.thread_id == bindparam("thread_id")))
-
-
 def route_patient_reply(
     session: Session, *, thread_id: str, patient_id: str, body: str, seq: int | None = None
 ) -> Decision | None:
@@ -201,16 +197,12 @@ def route_patient_reply(
     from lockbox.routing.classify import emergency_check
 
     triage = emergency_check(body)
+    state = session.get(RoutingState, thread_id)
     now = runtime_of(session).clock.now()
     if triage is None:
-        # Most replies: one prepared read says whether the response clock stopped and must restart.
-        clock = _CLOCK.first(session, thread_id=thread_id) if seq is not None else None
-        if clock is not None and clock.pending_seq is None:
-            state = session.get(RoutingState, thread_id)
-            if state is not None and state.pending_seq is None and seq is not None:
-                escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
+        if state is not None and state.pending_seq is None and seq is not None:
+            escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
         return None
-    state = session.get(RoutingState, thread_id)
     thread = session.get(Thread, thread_id)
     if thread is None:
         return None

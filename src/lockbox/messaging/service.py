@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import puremagic
-from sqlalchemy import Table, bindparam, func, insert, select, union, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, literal_column, select, union, update
 from sqlalchemy.orm import Session
 
 from lockbox.access import policy
@@ -381,9 +381,14 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
 
 
 def reply(session: Session, *, actor: Actor, thread_id: str, body: str) -> schemas.MessageOut:
-    """Add a message; the sender becomes a member of the thread. The hot path: prepared statements only."""
-    thread = policy.thread_facts_for_write(session, actor, thread_id)
-    return _append(session, actor, thread, body)
+    """Add a message; the sender becomes a member of the thread. The hot path: prepared statements only,
+    and the access check also brings who follows the thread and how its patient can be reached (on
+    PostgreSQL each statement is a round trip)."""
+    thread = policy.thread_facts_for_write(session, actor, thread_id, extra=_REPLY_EXTRA)
+    followers = {uid for uid in f"{thread.members or ''},{thread.pool_members or ''}".split(",") if uid}
+    patient = notify.Recipient(thread.patient_id, thread.patient_role, thread.patient_email, thread.patient_phone,
+                               bool(thread.patient_active)) if thread.patient_role is not None else None
+    return _append(session, actor, thread, body, known=(followers, patient))
 
 
 _threads = cast(Table, Thread.__table__)
@@ -409,6 +414,26 @@ _MARK_OWN = Prepared(
 _JOIN = Prepared(insert(_participants).values(
     thread_id=bindparam("b_thread"), user_id=bindparam("b_user"), kind="member", joined_at=bindparam("b_now"),
     last_read_seq=bindparam("b_seq"), last_delivered_seq=bindparam("b_seq"), last_read_at=bindparam("b_now")))
+_users = cast(Table, User.__table__)
+
+
+def _ids(table: Table, where: ColumnElement[bool]) -> Any:
+    # Ids are hex: a comma-joined list is one column of one row. The separator is a literal (a str would
+    # become a bind rendered per execution, which a Prepared statement does not do).
+    separator = cast(str, literal_column("','"))
+    return select(func.aggregate_strings(table.c.user_id, separator)).where(where).scalar_subquery()
+
+
+def _patient_column(column: str) -> Any:
+    return select(_users.c[column]).where(_users.c.id == _threads.c.patient_id).scalar_subquery()
+
+
+_REPLY_EXTRA: tuple[ColumnElement[Any], ...] = (
+    _ids(_participants, (_participants.c.thread_id == _threads.c.id) & (_participants.c.kind == "member"))
+    .label("members"),
+    _ids(_pool_members, _pool_members.c.pool_id == _threads.c.pool_id).label("pool_members"),
+    *(_patient_column(c).label(f"patient_{c}") for c in ("role", "email", "phone", "active")),
+)
 _FOLLOWERS = Prepared(union(
     select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("b_thread"),
                                           _participants.c.kind == "member"),
@@ -417,8 +442,10 @@ _FOLLOWERS = Prepared(union(
 
 
 def _append(session: Session, actor: Actor, thread: Any, body: str,
-            attachment: tuple[str, str, bytes] | None = None) -> schemas.MessageOut:
-    """``thread``: the ORM Thread or the row of ``policy.thread_facts_for_write``."""
+            attachment: tuple[str, str, bytes] | None = None,
+            known: tuple[set[str], notify.Recipient | None] | None = None) -> schemas.MessageOut:
+    """``thread``: the ORM Thread or the row of ``policy.thread_facts_for_write``; ``known``: the
+    thread's followers before this message and its patient's account, read with it."""
     rt = runtime_of(session)
     now = rt.clock.now()
     # UPDATE … RETURNING allocates the sequence number under the row lock, whichever process sends.
@@ -454,11 +481,13 @@ def _append(session: Session, actor: Actor, thread: Any, body: str,
             routing.record_decision(session, thread_id=thread.id, message_id=message_id, decision=decision)
             auto_reply = decision.auto_reply
             # Re-triage moved the thread (pool, assignee, emergency): notify from what it is now.
-            thread = session.get(Thread, thread.id) or thread
+            thread, known = session.get(Thread, thread.id) or thread, None
     record(session, action="messaging.message.send", actor=actor, subject_type="message", subject_id=message_id,
            thread_id=thread.id)
+    # The sender is a member now (receipt above), whether or not they were before.
     _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq},
-            sender_id=actor.user_id)
+            sender_id=actor.user_id, followers=known[0] | {actor.user_id} if known else None,
+            patient=known[1] if known else None)
     if auto_reply:  # a reply that turned emergent gets the clinic's emergency answer at once
         auto_seq = int(_BUMP.first(session, b_thread=thread.id, b_uses=1, b_now=now)[0])
         auto_id = new_id()
@@ -512,18 +541,20 @@ def break_glass(session: Session, *, actor: Actor, thread_id: str, reason: str) 
     policy.break_glass(session, actor, thread_id, reason)
 
 
-def _notify(session: Session, thread: Any, event: dict[str, object], *, sender_id: str | None = None) -> None:
+def _notify(session: Session, thread: Any, event: dict[str, object], *, sender_id: str | None = None,
+            followers: set[str] | None = None, patient: notify.Recipient | None = None) -> None:
     """Push to everyone who follows the thread: its members, its pool and the assignee; a new message
     also goes to the notify domain for those who are not looking. ``thread``: the Thread or a row of
-    ``policy.thread_facts_for_write``."""
-    users = set(_FOLLOWERS.scalars(session, b_thread=thread.id, b_pool=thread.pool_id))
+    ``policy.thread_facts_for_write``; ``followers`` (members and pool) and ``patient``, when known."""
+    users = set(followers) if followers is not None else \
+        set(_FOLLOWERS.scalars(session, b_thread=thread.id, b_pool=thread.pool_id))
     if thread.assignee_id:
         users.add(thread.assignee_id)
     publish(session, users, event)
     message_id = event.get("message_id")
     if isinstance(message_id, str):
         notify.message_sent(session, thread_id=thread.id, message_id=message_id, sender_id=sender_id,
-                            recipient_ids=sorted(users - {sender_id}), thread=thread)
+                            recipient_ids=sorted(users - {sender_id}), thread=thread, patient=patient)
 
 
 # -- attachments ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ or mail client that deduplicates on it still shows one.
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, bindparam, select
@@ -47,11 +47,22 @@ OPTED_OUT = "suppressed: opted out"
 # -- queueing ------------------------------------------------------------------------------------
 
 
+class Recipient(NamedTuple):
+    """What queueing needs of an account (the columns of ``_RECIPIENT``)."""
+
+    id: str
+    role: str
+    email: str | None
+    phone: str | None
+    active: bool
+
+
 def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id: str | None,
-                 recipient_ids: list[str], thread: Any = None) -> None:
+                 recipient_ids: list[str], thread: Any = None, patient: Recipient | None = None) -> None:
     """Called by messaging inside the unit that stores a message, for everyone it was pushed to except
     the sender: the notifications exist exactly when the message does. ``thread`` (the Thread, or a row
-    with its patient_id, urgent and emergency) spares a read when the caller has it."""
+    with its patient_id, urgent and emergency) and ``patient`` (the thread's patient's account) spare
+    reads when the caller has them."""
     if not recipient_ids:
         return
     if thread is None:
@@ -64,10 +75,13 @@ def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id
     if thread.patient_id not in recipient_ids and not pressing:
         return
     # A routine message can reach its patient only: read that one account, not every recipient's.
+    users: list[Any]
     if pressing:
         users = [u for u in session.execute(_RECIPIENTS, {"ids": recipient_ids}) if u.active]
     else:
-        users = [u for u in _RECIPIENT.all(session, id=thread.patient_id) if u.active and (u.email or u.phone)]
+        found = [patient] if patient is not None and patient.id == thread.patient_id else \
+            _RECIPIENT.all(session, id=thread.patient_id)
+        users = [u for u in found if u.active and (u.email or u.phone)]
         if not users:
             return
     staff_pinged: set[str] = set()

@@ -104,7 +104,7 @@ def _thread_facts_query(role: Role, extra: tuple[ColumnElement[Any], ...] = ()) 
     t = Thread
     return Prepared(
         select(t.id, t.patient_id, t.care_team_id, t.pool_id, t.assignee_id, t.urgent, t.emergency, t.key_version,
-               t.data_key_wrapped, *extra)
+               t.data_key_wrapped, t.data_key_uses, *extra)
         .where(t.id == bindparam("thread_id"), _visible(role, bindparam("uid"), bindparam("now", type_=UTCDateTime())))
     )
 
@@ -113,7 +113,7 @@ def thread_facts_for_write(session: Session, actor: Actor, thread_id: str, *,
                            extra: tuple[ColumnElement[Any], ...] = ()) -> Any:
     """``thread_for_write`` for the send path: the same check, answered with a plain row of the thread's
     id, patient_id, care_team_id, pool_id, assignee_id, urgent, emergency, key_version, data_key_wrapped,
-    and the labelled ``extra`` columns (scalar subqueries on the thread: one round trip for all)."""
+    data_key_uses and the labelled ``extra`` columns (scalar subqueries on the thread: one round trip for all)."""
     now = runtime_of(session).clock.now()
     row = _thread_facts_query(actor.role, extra).first(session, thread_id=thread_id, uid=actor.user_id, now=now)
     if row is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,9 @@ from lockbox.db import Database
 from lockbox.db.uow import Runtime
 from lockbox.http import AppState, SecurityHeaders, install_error_handlers
 from lockbox.realtime.hub import Hub
+
+# Allocations between collections of the youngest generation (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def build_database(settings: Settings, *, clock: Clock | None = None, hub: Hub | None = None) -> Database:
@@ -41,10 +45,28 @@ def make_hub(settings: Settings) -> Hub:
     return Hub()
 
 
+_heap_frozen = threading.Event()
+
+
 def _warm_up_triage() -> None:
     from lockbox.routing.classify import warm_up
 
     warm_up()
+    _freeze_heap()
+
+
+def _freeze_heap() -> None:
+    """Keep the cyclic garbage collector off the long-lived heap (the triage lexicon and model, routes,
+    schemas): every collection of the oldest generation walked all of it, and under load the collector
+    took a quarter of the server's CPU. Objects made later are collected as usual, with a larger first
+    generation so that a request's short-lived objects do not set off a collection every few requests.
+    Once per process: what a frozen object references is never collected as a cycle."""
+    if _heap_frozen.is_set():
+        return
+    _heap_frozen.set()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 def create_app(

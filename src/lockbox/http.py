@@ -86,17 +86,25 @@ async def current_actor(request: Request) -> Actor:
     return await resolve_actor(database(request), bearer_token(request), client_addr(request))
 
 
-def caller(request: Request) -> Credentials:
-    """The caller's credentials, resolved inside the unit of work that serves the request."""
+async def caller(request: Request) -> Credentials:
+    """The caller's credentials, resolved inside the unit of work that serves the request.
+
+    ``async`` although it awaits nothing: FastAPI runs a plain ``def`` dependency in the thread pool,
+    a thread hop per request on the send path."""
     token = bearer_token(request)
     if not token or len(token) > 200:
         raise Unauthenticated()
     return Credentials(token, client_addr(request))
 
 
+async def _database(request: Request) -> Database:
+    # async for the same reason as ``caller``; ``database`` stays a plain function for direct calls.
+    return state(request).db
+
+
 CurrentActor = Annotated[Actor, Depends(current_actor)]
 Caller = Annotated[Credentials, Depends(caller)]
-Db = Annotated[Database, Depends(database)]
+Db = Annotated[Database, Depends(_database)]
 
 
 def error_response(exc: LockboxError) -> JSONResponse:

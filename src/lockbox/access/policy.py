@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, false, or_, select
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from lockbox.access.actor import Actor
 from lockbox.access.models import BreakGlassGrant
 from lockbox.audit.service import raise_alert, record
 from lockbox.db.base import UTCDateTime
+from lockbox.db.prepared import Prepared
 from lockbox.db.uow import runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import Forbidden, InvalidInput, NotFound
@@ -94,6 +96,30 @@ def thread_for_read(session: Session, actor: Actor, thread_id: str) -> Thread:
     if thread is None:
         raise NotFound()
     return thread
+
+
+@cache
+def _thread_facts_query(role: Role, extra: tuple[ColumnElement[Any], ...] = ()) -> Prepared:
+    # The same predicate as _thread_query, returning plain columns: the send path needs no ORM object.
+    t = Thread
+    return Prepared(
+        select(t.id, t.patient_id, t.care_team_id, t.pool_id, t.assignee_id, t.urgent, t.emergency, t.key_version,
+               t.data_key_wrapped, t.data_key_uses, *extra)
+        .where(t.id == bindparam("thread_id"), _visible(role, bindparam("uid"), bindparam("now", type_=UTCDateTime())))
+    )
+
+
+def thread_facts_for_write(session: Session, actor: Actor, thread_id: str, *,
+                           extra: tuple[ColumnElement[Any], ...] = ()) -> Any:
+    """``thread_for_write`` for the send path: the same check, answered with a plain row of the thread's
+    id, patient_id, care_team_id, pool_id, assignee_id, urgent, emergency, key_version, data_key_wrapped,
+    data_key_uses and the labelled ``extra`` columns (scalar subqueries on the thread: one round trip for all)."""
+    now = runtime_of(session).clock.now()
+    row = _thread_facts_query(actor.role, extra).first(session, thread_id=thread_id, uid=actor.user_id, now=now)
+    if row is None:
+        raise NotFound()
+    require_sender(actor)
+    return row
 
 
 def thread_for_write(session: Session, actor: Actor, thread_id: str) -> Thread:

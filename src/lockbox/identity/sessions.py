@@ -15,6 +15,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from lockbox.access.actor import Actor
+from lockbox.db.prepared import Prepared
 from lockbox.db.uow import Credentials, end_sessions, runtime_of
 from lockbox.errors import Unauthenticated
 from lockbox.identity.models import AuthSession, User
@@ -58,14 +59,14 @@ def idle_deadline(auth: AuthSession) -> datetime:
 
 _auth = cast(Table, AuthSession.__table__)
 _users = cast(Table, User.__table__)
-# Built once: this runs on every request, and a prebuilt Core statement skips the ORM's per-call work.
-_RESOLVE = (
+# Built once and run prepared: this runs on every request.
+_RESOLVE = Prepared(
     select(_auth.c.id, _auth.c.ended_at, _auth.c.last_seen_at, _auth.c.expires_at, _auth.c.idle_timeout_s,
            _users.c.id.label("user_id"), _users.c.username, _users.c.role, _users.c.display_name, _users.c.active)
     .select_from(_auth.join(_users, _users.c.id == _auth.c.user_id))
     .where(_auth.c.token_hash == bindparam("token_hash"))
 )
-_TOUCH = (
+_TOUCH = Prepared(
     update(_auth)
     .where(_auth.c.id == bindparam("sid"), _auth.c.ended_at.is_(None), _auth.c.last_seen_at < bindparam("now"))
     .values(last_seen_at=bindparam("now"))
@@ -78,7 +79,7 @@ def resolve_session(session: Session, *, token: str, client_addr: str | None = N
     Any unknown, ended, idle or expired session is the same Unauthenticated, whatever the cause.
     """
     now = runtime_of(session).clock.now()
-    row = session.connection().execute(_RESOLVE, {"token_hash": hash_token(token)}).first()
+    row = _RESOLVE.first(session, token_hash=hash_token(token))
     if row is None:
         raise Unauthenticated()
     deadline = min(row.last_seen_at + timedelta(seconds=row.idle_timeout_s), row.expires_at)
@@ -105,7 +106,7 @@ def actor_for(session: Session, credentials: Credentials) -> Actor:
 
 
 def touch_session(session: Session, *, session_id: str) -> None:
-    session.connection().execute(_TOUCH, {"sid": session_id, "now": runtime_of(session).clock.now()})
+    _TOUCH.run(session, sid=session_id, now=runtime_of(session).clock.now())
 
 
 def end_user_sessions(

@@ -9,10 +9,23 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import puremagic
-from sqlalchemy import Table, bindparam, func, insert, select, union, update
+from sqlalchemy import (
+    ColumnElement,
+    LargeBinary,
+    String,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    union,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from lockbox.access import policy
@@ -22,7 +35,8 @@ from lockbox.consent.service import require_messaging_consent
 from lockbox.crypto import aead
 from lockbox.crypto.exceptions import KeyExhausted
 from lockbox.crypto.service import count_seal
-from lockbox.db.base import new_id
+from lockbox.db.base import UTCDateTime, new_id
+from lockbox.db.prepared import Prepared
 from lockbox.db.uow import publish, runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import (
@@ -386,9 +400,14 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
 
 
 def reply(session: Session, *, actor: Actor, thread_id: str, body: str) -> schemas.MessageOut:
-    """Add a message; the sender becomes a member of the thread. The hot path: Core statements only."""
-    thread = policy.thread_for_write(session, actor, thread_id)
-    return _append(session, actor, thread, body)
+    """Add a message; the sender becomes a member of the thread. The hot path: prepared statements only,
+    and the access check also brings who follows the thread and how its patient can be reached (on
+    PostgreSQL each statement is a round trip)."""
+    thread = policy.thread_facts_for_write(session, actor, thread_id, extra=_REPLY_EXTRA)
+    followers = {uid for uid in f"{thread.members or ''},{thread.pool_members or ''}".split(",") if uid}
+    patient = notify.Recipient(thread.patient_id, thread.patient_role, thread.patient_email, thread.patient_phone,
+                               bool(thread.patient_active)) if thread.patient_role is not None else None
+    return _append(session, actor, thread, body, known=(followers, patient))
 
 
 _threads = cast(Table, Thread.__table__)
@@ -396,42 +415,111 @@ _messages = cast(Table, Message.__table__)
 _participants = cast(Table, Participant.__table__)
 _pool_members = cast(Table, PoolMember.__table__)
 # The send path's statements, built once (bind names must differ from column names in SET clauses).
-_BUMP = (
+_BUMP = Prepared(
     update(_threads)
     .where(_threads.c.id == bindparam("b_thread"))
     .values(message_count=_threads.c.message_count + 1, data_key_uses=_threads.c.data_key_uses + bindparam("b_uses"),
             last_message_at=bindparam("b_now"), status="open")
     .returning(_threads.c.message_count, _threads.c.data_key_uses)
 )
-_INSERT_MESSAGE = insert(_messages)
-_MARK_OWN = (
+_INSERT_MESSAGE = Prepared(insert(_messages).values(
+    {c: bindparam(c) for c in ("id", "thread_id", "seq", "sender_id", "created_at", "kind", "body_sealed")}))
+_MARK_OWN = Prepared(
     update(_participants)
     .where(_participants.c.thread_id == bindparam("b_thread"), _participants.c.user_id == bindparam("b_user"))
     .values(kind="member", last_read_seq=bindparam("b_seq"), last_delivered_seq=bindparam("b_seq"),
             last_read_at=bindparam("b_now"))
 )
-_FOLLOWERS = union(
+_JOIN = Prepared(insert(_participants).values(
+    thread_id=bindparam("b_thread"), user_id=bindparam("b_user"), kind="member", joined_at=bindparam("b_now"),
+    last_read_seq=bindparam("b_seq"), last_delivered_seq=bindparam("b_seq"), last_read_at=bindparam("b_now")))
+
+
+
+def _send_pg() -> Prepared:
+    """PostgreSQL: _BUMP, _INSERT_MESSAGE and _MARK_OWN as one statement (data-modifying CTEs), so a
+    message costs one round trip instead of three. Returns seq, uses and own (receipts updated)."""
+    bump = (update(_threads).where(_threads.c.id == bindparam("b_thread"))
+            .values(message_count=_threads.c.message_count + 1,
+                    data_key_uses=_threads.c.data_key_uses + bindparam("b_uses"),
+                    last_message_at=bindparam("b_now"), status="open")
+            .returning(_threads.c.message_count.label("seq"), _threads.c.data_key_uses.label("uses"))).cte("bump")
+    message = insert(_messages).from_select(
+        ["id", "thread_id", "seq", "sender_id", "created_at", "kind", "body_sealed"],
+        select(bindparam("b_id", type_=String()), bindparam("b_thread", type_=String()), bump.c.seq,
+               bindparam("b_sender", type_=String()), bindparam("b_now", type_=UTCDateTime()),
+               literal("message", String()), bindparam("b_body", type_=LargeBinary())),
+    ).cte("message")
+    own = (update(_participants)
+           .where(_participants.c.thread_id == bindparam("b_thread"), _participants.c.user_id == bindparam("b_user"))
+           .values(kind="member", last_read_seq=bump.c.seq, last_delivered_seq=bump.c.seq,
+                   last_read_at=bindparam("b_now"))
+           .returning(_participants.c.user_id)).cte("own")
+    return Prepared(select(bump.c.seq, bump.c.uses,
+                           select(func.count()).select_from(own).scalar_subquery().label("own")).add_cte(message))
+
+
+_SEND_PG = _send_pg()
+_users = cast(Table, User.__table__)
+
+
+def _ids(table: Table, where: ColumnElement[bool]) -> Any:
+    # Ids are hex: a comma-joined list is one column of one row. The separator is a literal (a str would
+    # become a bind rendered per execution, which a Prepared statement does not do).
+    separator = cast(str, literal_column("','"))
+    return select(func.aggregate_strings(table.c.user_id, separator)).where(where).scalar_subquery()
+
+
+def _patient_column(column: str) -> Any:
+    return select(_users.c[column]).where(_users.c.id == _threads.c.patient_id).scalar_subquery()
+
+
+_REPLY_EXTRA: tuple[ColumnElement[Any], ...] = (
+    _ids(_participants, (_participants.c.thread_id == _threads.c.id) & (_participants.c.kind == "member"))
+    .label("members"),
+    _ids(_pool_members, _pool_members.c.pool_id == _threads.c.pool_id).label("pool_members"),
+    *(_patient_column(c).label(f"patient_{c}") for c in ("role", "email", "phone", "active")),
+)
+_FOLLOWERS = Prepared(union(
     select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("b_thread"),
                                           _participants.c.kind == "member"),
     select(_pool_members.c.user_id).where(_pool_members.c.pool_id == bindparam("b_pool")),
-)
+))
 
 
-def _append(session: Session, actor: Actor, thread: Thread, body: str,
-            attachment: tuple[str, str, bytes] | None = None) -> schemas.MessageOut:
+def _append(session: Session, actor: Actor, thread: Any, body: str,
+            attachment: tuple[str, str, bytes] | None = None,
+            known: tuple[set[str], notify.Recipient | None] | None = None) -> schemas.MessageOut:
+    """``thread``: the ORM Thread or the row of ``policy.thread_facts_for_write``; ``known``: the
+    thread's followers before this message and its patient's account, read with it."""
     rt = runtime_of(session)
-    conn = session.connection()
     now = rt.clock.now()
-    # UPDATE … RETURNING allocates the sequence number under the row lock, whichever process sends.
-    bumped = conn.execute(_BUMP, {"b_thread": thread.id, "b_uses": 2 if attachment else 1, "b_now": now}).one()
-    seq, total_uses = int(bumped[0]), int(bumped[1])
-    if total_uses >= aead.SEAL_LIMIT:
-        raise KeyExhausted("thread data key reached its seal budget")
-    cipher = ThreadCipher.open(rt.keyring, thread.id, thread.key_version, thread.data_key_wrapped)
+    uses = 2 if attachment else 1
     message_id = new_id()
-    conn.execute(_INSERT_MESSAGE, {"id": message_id, "thread_id": thread.id, "seq": seq, "sender_id": actor.user_id,
-                                   "created_at": now, "kind": "message",
-                                   "body_sealed": cipher.seal_body(message_id, body)})
+    cipher = ThreadCipher.open(rt.keyring, thread.id, thread.key_version, thread.data_key_wrapped)
+    joined: bool | None = None
+    if session.connection().dialect.name == "postgresql" and attachment is None:
+        # One round trip: sequence, message and own receipt in one statement. The body is sealed before
+        # the sequence is known, so the key's budget is checked first against the uses just read.
+        if thread.data_key_uses + uses >= aead.SEAL_LIMIT:
+            raise KeyExhausted("thread data key reached its seal budget")
+        sent = _SEND_PG.first(session, b_thread=thread.id, b_uses=uses, b_now=now, b_id=message_id,
+                              b_sender=actor.user_id, b_body=cipher.seal_body(message_id, body), b_user=actor.user_id)
+        if sent is None:
+            raise NotFound()
+        seq, total_uses, joined = int(sent.seq), int(sent.uses), bool(sent.own)
+        if total_uses >= aead.SEAL_LIMIT:  # another process sent meanwhile: this one is rolled back
+            raise KeyExhausted("thread data key reached its seal budget")
+    else:
+        # UPDATE … RETURNING allocates the sequence number under the row lock, whichever process sends.
+        bumped = _BUMP.first(session, b_thread=thread.id, b_uses=uses, b_now=now)
+        if bumped is None:
+            raise NotFound()
+        seq, total_uses = int(bumped[0]), int(bumped[1])
+        if total_uses >= aead.SEAL_LIMIT:
+            raise KeyExhausted("thread data key reached its seal budget")
+        _INSERT_MESSAGE.run(session, id=message_id, thread_id=thread.id, seq=seq, sender_id=actor.user_id,
+                            created_at=now, kind="message", body_sealed=cipher.seal_body(message_id, body))
     attachments: list[schemas.AttachmentOut] = []
     if attachment is not None:
         name, content_type, data = attachment
@@ -444,11 +532,10 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
                                                  size=len(data)))
         record(session, action="messaging.attachment.upload", actor=actor, subject_type="attachment",
                subject_id=att_id, thread_id=thread.id, size=len(data))
-    updated = conn.execute(_MARK_OWN, {"b_thread": thread.id, "b_user": actor.user_id, "b_seq": seq, "b_now": now})
-    if not updated.rowcount:
-        conn.execute(insert(_participants), {"thread_id": thread.id, "user_id": actor.user_id, "kind": "member",
-                                             "joined_at": now, "last_read_seq": seq, "last_delivered_seq": seq,
-                                             "last_read_at": now})
+    if joined is None:
+        joined = bool(_MARK_OWN.run(session, b_thread=thread.id, b_user=actor.user_id, b_seq=seq, b_now=now))
+    if not joined:
+        _JOIN.run(session, b_thread=thread.id, b_user=actor.user_id, b_seq=seq, b_now=now)
     auto_reply: str | None = None
     if actor.is_patient:
         decision = routing.route_patient_reply(session, thread_id=thread.id, patient_id=actor.user_id, body=body,
@@ -456,16 +543,19 @@ def _append(session: Session, actor: Actor, thread: Thread, body: str,
         if decision is not None:
             routing.record_decision(session, thread_id=thread.id, message_id=message_id, decision=decision)
             auto_reply = decision.auto_reply
+            # Re-triage moved the thread (pool, assignee, emergency): notify from what it is now.
+            thread, known = session.get(Thread, thread.id) or thread, None
     record(session, action="messaging.message.send", actor=actor, subject_type="message", subject_id=message_id,
            thread_id=thread.id)
+    # The sender is a member now (receipt above), whether or not they were before.
     _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq},
-            sender_id=actor.user_id)
+            sender_id=actor.user_id, followers=known[0] | {actor.user_id} if known else None,
+            patient=known[1] if known else None)
     if auto_reply:  # a reply that turned emergent gets the clinic's emergency answer at once
-        auto_seq = int(conn.execute(_BUMP, {"b_thread": thread.id, "b_uses": 1, "b_now": now}).one()[0])
+        auto_seq = int(_BUMP.first(session, b_thread=thread.id, b_uses=1, b_now=now)[0])
         auto_id = new_id()
-        conn.execute(_INSERT_MESSAGE, {"id": auto_id, "thread_id": thread.id, "seq": auto_seq, "sender_id": None,
-                                       "created_at": now, "kind": "auto_reply",
-                                       "body_sealed": cipher.seal_body(auto_id, auto_reply)})
+        _INSERT_MESSAGE.run(session, id=auto_id, thread_id=thread.id, seq=auto_seq, sender_id=None, created_at=now,
+                            kind="auto_reply", body_sealed=cipher.seal_body(auto_id, auto_reply))
         _notify(session, thread, {"type": "message", "thread_id": thread.id, "message_id": auto_id, "seq": auto_seq})
     me = schemas.Person(id=actor.user_id, username=actor.username, display_name=actor.display_name,
                         role=actor.role.value)
@@ -517,17 +607,20 @@ def break_glass(session: Session, *, actor: Actor, thread_id: str, reason: str) 
     policy.break_glass(session, actor, thread_id, reason)
 
 
-def _notify(session: Session, thread: Thread, event: dict[str, object], *, sender_id: str | None = None) -> None:
+def _notify(session: Session, thread: Any, event: dict[str, object], *, sender_id: str | None = None,
+            followers: set[str] | None = None, patient: notify.Recipient | None = None) -> None:
     """Push to everyone who follows the thread: its members, its pool and the assignee; a new message
-    also goes to the notify domain for those who are not looking."""
-    users = set(session.connection().execute(_FOLLOWERS, {"b_thread": thread.id, "b_pool": thread.pool_id}).scalars())
+    also goes to the notify domain for those who are not looking. ``thread``: the Thread or a row of
+    ``policy.thread_facts_for_write``; ``followers`` (members and pool) and ``patient``, when known."""
+    users = set(followers) if followers is not None else \
+        set(_FOLLOWERS.scalars(session, b_thread=thread.id, b_pool=thread.pool_id))
     if thread.assignee_id:
         users.add(thread.assignee_id)
     publish(session, users, event)
     message_id = event.get("message_id")
     if isinstance(message_id, str):
         notify.message_sent(session, thread_id=thread.id, message_id=message_id, sender_id=sender_id,
-                            recipient_ids=sorted(users - {sender_id}))
+                            recipient_ids=sorted(users - {sender_id}), thread=thread, patient=patient)
 
 
 # -- attachments ---------------------------------------------------------------------------------

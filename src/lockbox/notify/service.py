@@ -15,14 +15,15 @@ or mail client that deduplicates on it still shows one.
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from lockbox.audit.service import record
 from lockbox.consent import service as consent
+from lockbox.db.prepared import Prepared
 from lockbox.db.uow import runtime_of
 from lockbox.errors import InvalidInput, NotFound
 from lockbox.identity.models import User
@@ -46,24 +47,46 @@ OPTED_OUT = "suppressed: opted out"
 # -- queueing ------------------------------------------------------------------------------------
 
 
+class Recipient(NamedTuple):
+    """What queueing needs of an account (the columns of ``_RECIPIENT``)."""
+
+    id: str
+    role: str
+    email: str | None
+    phone: str | None
+    active: bool
+
+
 def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id: str | None,
-                 recipient_ids: list[str]) -> None:
+                 recipient_ids: list[str], thread: Any = None, patient: Recipient | None = None) -> None:
     """Called by messaging inside the unit that stores a message, for everyone it was pushed to except
-    the sender: the notifications exist exactly when the message does."""
+    the sender: the notifications exist exactly when the message does. ``thread`` (the Thread, or a row
+    with its patient_id, urgent and emergency) and ``patient`` (the thread's patient's account) spare
+    reads when the caller has them."""
     if not recipient_ids:
         return
-    thread = session.get(Thread, thread_id)
     if thread is None:
-        return
+        thread = session.get(Thread, thread_id)
+        if thread is None:
+            return
     # The only patient a thread can reach is its own; staff hear by email only when it is urgent.
     # Most messages (a patient's routine reply to the team) therefore notify nobody: skip the queries.
-    if thread.patient_id not in recipient_ids and not (thread.urgent or thread.emergency):
+    pressing = thread.urgent or thread.emergency
+    if thread.patient_id not in recipient_ids and not pressing:
         return
-    users = list(session.scalars(select(User).where(User.id.in_(recipient_ids), User.active.is_(True))))
+    # A routine message can reach its patient only: read that one account, not every recipient's.
+    users: list[Any]
+    if pressing:
+        users = [u for u in session.execute(_RECIPIENTS, {"ids": recipient_ids}) if u.active]
+    else:
+        found = [patient] if patient is not None and patient.id == thread.patient_id else \
+            _RECIPIENT.all(session, id=thread.patient_id)
+        users = [u for u in found if u.active and (u.email or u.phone)]
+        if not users:
+            return
     staff_pinged: set[str] = set()
-    if thread.urgent or thread.emergency:
-        staff_pinged = set(session.scalars(select(Participant.user_id).where(
-            Participant.thread_id == thread_id, Participant.kind == "member")))
+    if pressing:
+        staff_pinged = set(_MEMBERS.scalars(session, thread_id=thread_id))
         if thread.assignee_id:
             staff_pinged.add(thread.assignee_id)
     for user in users:
@@ -75,8 +98,27 @@ def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id
             queue(session, user=user, channel="email", kind="new_message", thread_id=thread_id)
 
 
-def queue(session: Session, *, user: User, channel: str, kind: str, thread_id: str | None) -> Notification | None:
-    """Queue one notification (or record why it is suppressed); None when coalesced into a pending one."""
+_users = cast(Table, User.__table__)
+_participants = cast(Table, Participant.__table__)
+_notifications = cast(Table, Notification.__table__)
+# The send path's reads, prepared (see lockbox.db.prepared).
+_RECIPIENT_COLUMNS = (_users.c.id, _users.c.role, _users.c.email, _users.c.phone, _users.c.active)
+_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_users.c.id.in_(bindparam("ids", expanding=True)))
+_RECIPIENT = Prepared(select(*_RECIPIENT_COLUMNS).where(_users.c.id == bindparam("id")))
+_MEMBERS = Prepared(select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("thread_id"),
+                                                          _participants.c.kind == "member"))
+_NEWEST = Prepared(
+    select(_notifications.c.status, _notifications.c.reason, _notifications.c.sent_at, _notifications.c.thread_id)
+    .where(_notifications.c.user_id == bindparam("user_id"), _notifications.c.thread_id == bindparam("thread_id"),
+           _notifications.c.channel == bindparam("channel"), _notifications.c.kind == bindparam("kind"))
+    .order_by(_notifications.c.created_at.desc(), _notifications.c.id.desc()).limit(1))
+_LAST_READ = Prepared(select(_participants.c.last_read_at).where(
+    _participants.c.thread_id == bindparam("thread_id"), _participants.c.user_id == bindparam("user_id")))
+
+
+def queue(session: Session, *, user: User | Any, channel: str, kind: str, thread_id: str | None) -> Notification | None:
+    """Queue one notification (or record why it is suppressed); None when coalesced into a pending one.
+    ``user``: the User, or any row with its ``id``."""
     rt = runtime_of(session)
     now = rt.clock.now()
     newest = _newest(session, user.id, thread_id, channel, kind) if thread_id else None
@@ -109,22 +151,20 @@ def queue(session: Session, *, user: User, channel: str, kind: str, thread_id: s
     return n
 
 
-def _told_since_last_read(session: Session, user_id: str, newest: Notification) -> bool:
+def _told_since_last_read(session: Session, user_id: str, newest: Any) -> bool:
     if newest.status != "sent" or newest.sent_at is None or newest.thread_id is None:
         return False
-    last_read = session.scalar(select(Participant.last_read_at).where(
-        Participant.thread_id == newest.thread_id, Participant.user_id == user_id))
+    row = _LAST_READ.first(session, thread_id=newest.thread_id, user_id=user_id)
+    last_read = row.last_read_at if row is not None else None
     return last_read is None or last_read < newest.sent_at
 
 
-def _newest(session: Session, user_id: str, thread_id: str, channel: str, kind: str) -> Notification | None:
-    # Race-free without a lock: messages to one thread serialise on the thread row their unit updates.
-    return session.scalars(
-        select(Notification)
-        .where(Notification.user_id == user_id, Notification.thread_id == thread_id,
-               Notification.channel == channel, Notification.kind == kind)
-        .order_by(Notification.created_at.desc(), Notification.id.desc()).limit(1)
-    ).first()
+def _newest(session: Session, user_id: str, thread_id: str, channel: str, kind: str) -> Any:
+    """The newest notification's status, reason, sent_at and thread_id, or None.
+
+    Race-free without a lock: messages to one thread serialise on the thread row their unit updates.
+    Read prepared, so rows this unit added through the ORM must be flushed first (``queue`` does)."""
+    return _NEWEST.first(session, user_id=user_id, thread_id=thread_id, channel=channel, kind=kind)
 
 
 def _preference(session: Session, user_id: str) -> NotifyPreference | None:

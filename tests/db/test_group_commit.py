@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from lockbox.app import build_database
 from lockbox.audit.chain import GENESIS, row_hash
 from lockbox.audit.models import AuditRow
 from lockbox.audit.service import record
+from lockbox.clock import FrozenClock
+from lockbox.config import Settings
 from lockbox.db import Database
 from lockbox.directory.models import Location
 from lockbox.errors import InvalidInput
@@ -58,3 +62,39 @@ def test_units_from_many_threads(standalone_db: Database) -> None:
 def test_reads_may_not_write(standalone_db: Database) -> None:
     with pytest.raises(RuntimeError):
         standalone_db.read_sync(lambda s: s.add(Location(id="x", name="y")))
+
+
+def test_a_unit_that_loses_a_deadlock_to_another_process_runs_again(
+        standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> None:
+    """Two writers (as two server processes have) lock the same rows in opposite orders; PostgreSQL
+    aborts one statement, and that unit is run again after the other batch commits: both succeed."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer per database: its writers queue, they never deadlock")
+    from sqlalchemy import update
+
+    first = standalone_db
+    first.write_sync(lambda s: s.add_all([Location(id="loc-a", name="a"), Location(id="loc-b", name="b")]))
+    second = build_database(settings, clock=clock)
+    both_hold_one = threading.Barrier(2, timeout=10)
+    attempts: list[str] = []
+
+    def _rename(session: Session, *, order: tuple[str, str], name: str) -> str:
+        attempts.append(name)
+        session.execute(update(Location).where(Location.id == order[0]).values(name=name))
+        session.flush()
+        if attempts.count(name) == 1:  # only the first attempt waits: the retry must just run
+            both_hold_one.wait()
+        session.execute(update(Location).where(Location.id == order[1]).values(name=name))
+        record(session, action="test.location.rename", actor_id="tester", subject_id=order[0])
+        return name
+
+    try:
+        one = first.submit(_rename, order=("loc-a", "loc-b"), name="one")
+        two = second.submit(_rename, order=("loc-b", "loc-a"), name="two")
+        assert {one.result(timeout=30), two.result(timeout=30)} == {"one", "two"}
+    finally:
+        second.close()
+    assert len(attempts) == 3  # one of them lost the deadlock and ran once more
+    names = first.read_sync(
+        lambda s: set(s.scalars(select(Location.name).where(Location.id.in_(["loc-a", "loc-b"])))))
+    assert len(names) == 1  # the later unit renamed both rows: no half-applied unit

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,6 +33,24 @@ from lockbox.db.uow import Credentials, Runtime
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# PostgreSQL's deadlock and serialisation failures: with several server processes, two writers'
+# batches can lock the same threads in opposite orders and PostgreSQL aborts one statement. The unit
+# is a function of its session alone, so it is run again in the next batch, once the batch that
+# still holds its other locks has committed; the caller only ever sees the retried outcome.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+_RETRIES = 5
+
+
+def _transient(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 UnitFn = Callable[..., Any]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -236,26 +255,38 @@ class Database:
                     stop = True
                     break
                 batch.append(nxt)
-            try:
-                if conn is None or conn.closed or conn.invalidated:
-                    conn = self.write_engine.connect()
-                self._run_batch(conn, batch)
-            except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
-                log.error("commit failed for a batch of %d units: %s", len(batch), type(exc).__name__)
-                _settle([(unit, False, exc) for unit in batch])
-                if conn is not None:
-                    conn.close()
-                    conn = None
+            for attempt in range(_RETRIES + 1):
+                last = attempt == _RETRIES
+                try:
+                    if conn is None or conn.closed or conn.invalidated:
+                        conn = self.write_engine.connect()
+                    batch = self._run_batch(conn, batch, retry=not last)
+                except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    if _transient(exc) and not last:
+                        log.warning("batch of %d units hit %s; running it again", len(batch), type(exc).__name__)
+                    else:
+                        log.error("commit failed for a batch of %d units: %s", len(batch), type(exc).__name__)
+                        _settle([(unit, False, exc) for unit in batch])
+                        batch = []
+                if not batch:
+                    break
+                time.sleep(0.002 * 2**attempt)  # let the other writer's batch commit first
             if stop:
                 break
         if conn is not None:
             conn.close()
 
-    def _run_batch(self, conn: Connection, batch: list[_Unit]) -> None:
+    def _run_batch(self, conn: Connection, batch: list[_Unit], *, retry: bool = False) -> list[_Unit]:
+        """Run and commit a batch; returns the units to run again (``retry``: those that lost a
+        deadlock), which are neither committed nor answered yet."""
         from lockbox.audit.chain import seal
 
         done: list[tuple[_Unit, Any, list[Callable[[], None]]]] = []
         failed: list[tuple[_Unit, bool, Any]] = []
+        again: list[_Unit] = []
         audit_entries: list[Any] = []
         head: tuple[int, str] | None = None
         try:
@@ -274,7 +305,10 @@ class Database:
                         session.commit()
                     except BaseException as exc:
                         session.rollback()
-                        failed.append((unit, False, exc))
+                        if retry and _transient(exc):
+                            again.append(unit)
+                        else:
+                            failed.append((unit, False, exc))
                         continue
                     finally:
                         session.close()
@@ -282,7 +316,9 @@ class Database:
                     done.append((unit, result, session.info.get("after_commit", [])))
                 if audit_entries:
                     head = seal(conn, audit_entries, self.runtime)
-        except BaseException:
+        except BaseException as exc:
+            if retry and _transient(exc):
+                raise  # the whole batch runs again; nobody has been answered
             _settle(failed)  # their own errors; the caller fails the rest with the commit's
             raise
         # Committed: from here on nothing may turn an acknowledged unit into a failure. The head is
@@ -299,6 +335,7 @@ class Database:
                     cb()
                 except Exception as exc:
                     log.error("after-commit callback failed: %s", type(exc).__name__)
+        return again
 
     def close(self) -> None:
         if self._closed:

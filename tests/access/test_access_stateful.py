@@ -56,6 +56,8 @@ PATIENT_QUESTIONS = (
     ("Knee", "My knee has been a bit sore since I started running."),
     ("Results", "Are my lab results back yet?"),
 )
+REPLIES = ("Thanks, noted.", "I have crushing chest pain and cannot breathe.")
+CONTENT_ROLES = CLINICAL | NON_CLINICAL
 
 
 @dataclass
@@ -67,6 +69,7 @@ class ModelThread:
     assignee: str | None
     members: set[str]
     grants: dict[str, datetime] = field(default_factory=dict)
+    routed: bool = False  # the engine routed it (a patient wrote it, or the patient has replied)
 
 
 @dataclass
@@ -206,7 +209,7 @@ class AccessRules(RuleBasedStateMachine):
         members = {p["id"] for p in shown["participants"]}
         assert uid in members and members <= set(self.role), "only people of this clinic are brought in"
         self.threads.append(ModelThread(r.json()["id"], uid, self.patient_team.get(uid), routing["pool"],
-                                        self.user_id(routing["assignee"]), members))
+                                        self.user_id(routing["assignee"]), members, routed=True))
 
     @rule(data=st.data(), with_patient=st.booleans(), to_pool=st.booleans())
     def staff_writes(self, data: st.DataObject, with_patient: bool, to_pool: bool) -> None:
@@ -231,16 +234,44 @@ class AccessRules(RuleBasedStateMachine):
                                         pool, None, {uid, *others, *([patient] if patient else [])}))
 
     @precondition(lambda self: self.threads)
-    @rule(data=st.data())
-    def someone_replies(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), body=st.sampled_from(REPLIES))
+    def someone_replies(self, data: st.DataObject, body: str) -> None:
         t = data.draw(st.sampled_from(self.threads))
         uid = data.draw(st.sampled_from(list(self.role)))
-        r = self.call("POST", uid, f"/threads/{t.id}/messages", json={"body": "Thanks, noted."})
+        r = self.call("POST", uid, f"/threads/{t.id}/messages", json={"body": body})
         if self.may_read(uid, t):
             assert r.status_code == 201, (self.role[uid], r.text)
             t.members.add(uid)  # whoever writes takes part
+            if self.role[uid] == "patient":
+                self.patient_reply_routes(t, emergent=body != REPLIES[0])
         else:
             assert r.status_code == 404, (self.role[uid], r.status_code, t)
+
+    def patient_reply_routes(self, t: ModelThread, *, emergent: bool) -> None:
+        """ARCHITECTURE section 6: a patient's first reply in a thread staff started is routed like a new
+        message (a pool or assignee the thread has is kept; without a pool its care team joins it), and a
+        reply that turns emergent re-triages the thread (the triage pool; its lead or on-call paged in).
+        Which pool and responder is the classifier's and balancer's call, so the model reads them back, and
+        checks they stay within those rules; from then on section 1 grants the pool what was routed to it."""
+        assert t.patient is not None
+        shown = self.call("GET", t.patient, f"/threads/{t.id}").json()
+        pool, assignee = shown["pool"], self.user_id(shown["assignee"])
+        members = {p["id"] for p in shown["participants"]}
+        assert members >= t.members, "nobody is dropped from a thread"
+        if not emergent and t.routed:  # an ordinary reply to a routed thread changes nobody's access
+            assert (pool, assignee, members) == (t.pool, t.assignee, t.members), (pool, assignee, members, t)
+        if not emergent and t.pool is not None:
+            assert pool == t.pool, "routing keeps the pool a thread was sent to"
+        if not emergent and t.assignee is not None:
+            assert assignee == t.assignee, "routing keeps the thread's assignee"
+        assert assignee is None or self.role.get(assignee) in CONTENT_ROLES, assignee
+        may_join = {u for u in self.teams.get(t.care_team or "", set()) if self.role[u] in CONTENT_ROLES}
+        for p in [x for x in (pool, "nurse-triage" if emergent else None) if x is not None]:
+            lead = self.leads.get(p)
+            may_join |= self.pools.get(p, set()) | ({lead} if lead else set())
+        assert members - t.members <= may_join, ("brought in from outside the care team and pools",
+                                                 {self.role[u] for u in members - t.members - may_join})
+        t.pool, t.assignee, t.members, t.routed = pool, assignee, members, True
 
     @precondition(lambda self: self.threads)
     @rule(data=st.data())
@@ -394,5 +425,39 @@ def test_no_sequence_of_actions_shows_a_thread_to_the_wrong_person(world: World)
         run_state_machine_as_test(AccessRules, settings=settings(
             max_examples=EXAMPLES, stateful_step_count=25, deadline=None, derandomize=EXAMPLES == 12,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    finally:
+        WORLD = None
+
+
+def test_a_patients_reply_routes_a_staff_thread_and_the_model_follows(world: World) -> None:
+    """The sequence the random search once failed on, kept: a physician writes to their patient, the patient
+    answers, the answer is routed to the triage pool, so its lead (a nurse on no care team) may read it;
+    then an emergent reply pages the triage pool in. Everyone's access is checked against the model."""
+    global WORLD
+    WORLD = world
+    try:
+        m = AccessRules()
+        m.clinic()
+        team = next(t for t in sorted(m.teams) if t.startswith("team-a"))
+        doctor = next(u for u in m.teams[team] if m.role[u] == "physician")
+        patient = next(u for u, t in m.patient_team.items() if t == team)
+        lead = m.leads["nurse-triage"]
+        assert lead is not None and m.role[lead] == "nurse"
+        r = m.call("POST", doctor, "/threads", json={"subject": "Follow-up", "body": "How is the knee?",
+                                                     "patient": m.people[patient].username,
+                                                     "confirm_recipients": True})
+        assert r.status_code == 201, r.text
+        t = ModelThread(r.json()["id"], patient, team, None, None, {doctor, patient})
+        m.threads.append(t)
+        assert not m.may_read(lead, t)
+        m.check_read(lead, t)
+        for body in REPLIES:
+            assert m.call("POST", patient, f"/threads/{t.id}/messages", json={"body": body}).status_code == 201
+            m.patient_reply_routes(t, emergent=body != REPLIES[0])
+            if body == REPLIES[0]:
+                assert t.pool is not None and m.may_read(lead, t), "routed to a pool: its lead now reads it"
+            for uid in m.role:
+                m.check_read(uid, t)
+            m.thread_lists_match_the_model()
     finally:
         WORLD = None

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ T = TypeVar("T")
 # is a function of its session alone, so it is run again in the next batch, once the batch that
 # still holds its other locks has committed; the caller only ever sees the retried outcome.
 _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
-_RETRIES = 5
+_RETRIES = 8
 
 
 def _transient(exc: BaseException) -> bool:
@@ -273,7 +274,8 @@ class Database:
                         batch = []
                 if not batch:
                     break
-                time.sleep(0.002 * 2**attempt)  # let the other writer's batch commit first
+                # Let the other writer's batch commit first; jitter, so two writers do not meet again in step.
+                time.sleep(random.uniform(0.001, 0.004) * 2**attempt)
             if stop:
                 break
         if conn is not None:

@@ -10,6 +10,9 @@ from lockbox.routing.classify import classify, emergency_check
 
 # (case, subject, body): each must come out an emergency.
 EMERGENCIES = [
+    # the "not" of "can't pee" negates no surgery; a relative's childhood story does not hide one happening today
+    ("negation-stays-in-its-concept", "", "I can't pee at all since my operation and my belly is swollen"),
+    ("relative-now", "", "my dad had a stroke when he was a kid and today his face is drooping, am I at risk too"),
     # lay words
     ("band-round-ribs", "", "there's a tight band round my ribs and I feel sick"),
     ("lips-going-blue", "", "his lips are going blue"),
@@ -115,6 +118,17 @@ NOT_EMERGENCIES = [
     ("tired-of-living-with", "", "I'm tired of living with this knee pain, can we try something else?"),
     ("trouble-talking-to", "", "I have trouble talking to my teenager about his diabetes, any resources?"),
     ("es-course-finished", "", "me tomé todas las pastillas del antibiótico como me indicaron, ¿ya no necesito cita?"),
+    # round 9's false-alarm classes: an age is no "now", a relative's childhood story told for the writer's risk, a
+    # stuffy nose, fainting at a needle, a diagnosis that turned out benign, a questionnaire's question, a class
+    ("age-is-not-now", "", "my mom died of a heart attack at 58 and her sister had a stroke at 62, I'm 44 now, "
+     "should I get my cholesterol checked?"),
+    ("relative-childhood", "", "my brother had a bad reaction to amoxicillin when he was a kid, his throat closed "
+     "up and he was rushed to the hospital. Am I allergic too?"),
+    ("stuffy-nose", "", "I can't breathe through my nose since this cold started, which spray is best?"),
+    ("needle-faint", "", "I passed out at my blood draw last year, can I lie down this time?"),
+    ("turned-out", "", "went to urgent care for chest pain and it turned out to be a pulled muscle, need a note"),
+    ("questionnaire", "", "the questionnaire asked if I have thoughts of being better off dead, I said no"),
+    ("es-price-idiom", "", "casi me da un infarto cuando vi lo que cuesta la cita, hay descuento?"),
 ]
 
 

@@ -12,6 +12,7 @@ from lockbox.routing.classify.lexicon import Lexicon, Mention, load_data, number
 from lockbox.routing.classify.text import SENTENCE_END
 
 _PLACEHOLDER = "_"
+_NEGATIONS = frozenset({"NEGATED", "NEVER"})
 _INTERNAL_NEGATION = frozenset({"not", "no", "never", "unable", "without", "sin", "nunca", "nor", "ni", "cannot"})
 
 
@@ -85,7 +86,9 @@ class ContextScoper:
             unknown = only - set(lexicon.concepts)
             if unknown:
                 raise ValueError(f"context rules name unknown concepts: {sorted(unknown)}")
-            check = _between_check(fillers[spec["fillers"]] if "fillers" in spec else None)
+            check = _between_check(
+                fillers[spec["fillers"]] if "fillers" in spec else None, negation=category.name in _NEGATIONS
+            )
             for literal in spec["literals"]:
                 literal = str(literal)
                 if literal in seen:
@@ -170,7 +173,7 @@ class ContextScoper:
         return False
 
 
-def _between_check(fillers: frozenset[str] | None) -> Callable[[Any, Any, Any], bool]:
+def _between_check(fillers: frozenset[str] | None, *, negation: bool = False) -> Callable[[Any, Any, Any], bool]:
     """A trigger reaches a concept only across fillers or other concepts: ConText's sentence scope is too wide for
     run-on patient text, and a wrong suppression is the one error we cannot afford. A trigger inside the concept
     ("not" in "can't breathe") never modifies it; medspaCy's own overlap test misses a trigger strictly inside."""
@@ -178,14 +181,17 @@ def _between_check(fillers: frozenset[str] | None) -> Callable[[Any, Any, Any], 
     def check(target: Any, modifier: Any, _between: Any) -> bool:
         if modifier.start < target.end and target.start < modifier.end:
             return False
+        doc = target.doc
+        covered = doc.user_data.get("lex_tokens", frozenset())
+        # A negation inside another concept belongs to it: the "not" of "can't pee" is no negation of "my surgery".
+        if negation and any(i in covered for i in range(modifier.start, modifier.end)):
+            return False
         if fillers is None:
             return True
-        doc = target.doc
         if modifier.start >= target.end:
             lo, hi = target.end, modifier.start
         else:
             lo, hi = modifier.end, target.start
-        covered = doc.user_data.get("lex_tokens", frozenset())
         return all(doc[i].text in fillers or i in covered for i in range(lo, hi))
 
     return check

@@ -125,3 +125,43 @@ def test_sending_goes_on_when_redis_is_down(settings: Settings, clock: FrozenClo
 def test_limits_can_be_turned_off(settings: Settings, clock: FrozenClock, people: dict[str, Person]) -> None:
     with _client(settings, clock, rate_limits_enabled=False, rate_send_account="1/minute") as client:
         assert [_send(client, people["patient"]).status_code for _ in range(3)] == [201] * 3
+
+
+def _assert_page_throttled(r: httpx.Response) -> None:
+    """Pages answer a browser in HTML, with the same status and Retry-After as the API."""
+    assert r.status_code == 429, (r.status_code, dict(r.headers))
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert "text/html" in r.headers["content-type"]
+
+
+def test_the_web_sign_in_page_shares_the_accounts_limit(settings: Settings, clock: FrozenClock,
+                                                        people: dict[str, Person]) -> None:
+    """The browser's form and the API are one door: attempts through either count for the account."""
+    from tests.web.helpers import csrf_of
+
+    with _client(settings, clock, rate_login_account="3/minute") as client:
+        assert _login(client, people["nurse"], clock, password="wrong-password").status_code == 401
+
+        def form_attempt() -> httpx.Response:
+            token = csrf_of(client.get("/login").text)
+            return client.post("/login", data={"username": people["nurse"].username.upper(), "password": "wrong",
+                                               "totp": "000000", "csrf_token": token}, follow_redirects=False)
+
+        assert form_attempt().status_code != 429
+        assert form_attempt().status_code != 429
+        _assert_page_throttled(form_attempt())
+        _assert_throttled(_login(client, people["nurse"], clock))
+
+
+def test_sending_from_the_web_page_counts_like_the_api(settings: Settings, clock: FrozenClock,
+                                                       people: dict[str, Person]) -> None:
+    from tests.web.helpers import csrf_of, use_session
+
+    with _client(settings, clock, rate_send_account="1/minute") as client:
+        use_session(client, people["patient"])
+        page = client.get("/portal/new")
+        assert page.status_code == 200
+        data = {"subject": "Question", "body": "Can I move my appointment?", "csrf_token": csrf_of(page.text)}
+        first = client.post("/portal/new", data=data, follow_redirects=False)
+        assert first.status_code in (200, 303), first.text
+        _assert_page_throttled(client.post("/portal/new", data=data, follow_redirects=False))

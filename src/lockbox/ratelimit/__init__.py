@@ -107,11 +107,16 @@ def _digest(value: str) -> str:
 
 
 async def _login_account(request: Request) -> str | None:
-    try:
-        body: Any = await request.json()  # Starlette keeps the body; the route reads the same one
-    except ValueError:
-        return None
-    username = body.get("username") if isinstance(body, dict) else None
+    # The API signs in with JSON, the web page with a form: the same account either way.
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        form = await request.form()  # Starlette keeps the parsed form; the route reads the same one
+        username: Any = form.get("username")
+    else:
+        try:
+            body: Any = await request.json()  # Starlette keeps the body; the route reads the same one
+        except ValueError:
+            return None
+        username = body.get("username") if isinstance(body, dict) else None
     if not isinstance(username, str) or not username.strip() or len(username) > 320:
         return None
     return _digest(username.strip().casefold())

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from lockbox.access.actor import Actor
-from lockbox.errors import LockboxError, NotFound, PayloadTooLarge, Unauthenticated
+from lockbox.errors import LockboxError, NotFound, PayloadTooLarge, Throttled, Unauthenticated
 from lockbox.http import SESSION_COOKIE, state
 from lockbox.identity.roles import NO_CONTENT_ROLES
 from lockbox.web import WebOptions, views
@@ -49,6 +49,8 @@ class PageRoute(APIRoute):
                 response = signed_out(request)
             except LockboxError as exc:
                 response = error_page(request, exc.status, exc.detail)
+                if isinstance(exc, Throttled):
+                    response.headers["Retry-After"] = str(exc.retry_after_s)
             except RequestValidationError:
                 response = error_page(request, 404, "Not found.")
             response.headers["content-security-policy"] = PAGE_CSP

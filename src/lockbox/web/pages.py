@@ -11,6 +11,7 @@ from fastapi import Request, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from lockbox import ratelimit
 from lockbox.access.actor import Actor
 from lockbox.consent import service as consent
 from lockbox.consent.exceptions import NothingToWithdraw
@@ -116,7 +117,7 @@ async def portal_new(request: Request) -> Response:
     return _patient_form(request, actor)
 
 
-@router.post("/portal/new")
+@router.post("/portal/new", dependencies=[ratelimit.SEND])
 async def portal_send(request: Request) -> Response:
     form = await read_form(request, files=1)
     actor, view = await as_user(request, views.portal)
@@ -161,7 +162,7 @@ async def thread_fragment(request: Request, thread_id: str, read: int = 0) -> Re
     return render("_thread_body.html", base_context(request, actor, tp=page))
 
 
-@router.post("/t/{thread_id}/reply")
+@router.post("/t/{thread_id}/reply", dependencies=[ratelimit.SEND])
 async def reply(request: Request, thread_id: str) -> Response:
     tid = page_id(thread_id)
     form = await read_form(request, files=1)
@@ -294,7 +295,7 @@ async def compose(request: Request, patient: str | None = None, to: str | None =
     return _compose_page(request, actor, hints, patient=(patient or "")[:64], to=(to or "")[:300])
 
 
-@router.post("/compose")
+@router.post("/compose", dependencies=[ratelimit.SEND])
 async def compose_send(request: Request) -> Response:
     form = await read_form(request)
     actor, hints = await as_user(request, views.compose_hints)

@@ -15,6 +15,7 @@ from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from lockbox import ratelimit
 from lockbox.access.actor import Actor
 from lockbox.db.uow import runtime_of
 from lockbox.errors import Throttled, Unauthenticated
@@ -96,7 +97,7 @@ async def login_page(request: Request, ended: str | None = None, next: str | Non
                       next=safe_next(next) or "", username="")
 
 
-@router.post("/login")
+@router.post("/login", dependencies=[ratelimit.LOGIN])
 async def login(request: Request) -> Response:
     form = await read_form(request)
     username = form_text(form, "username", 200).strip()

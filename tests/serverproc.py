@@ -43,7 +43,35 @@ def seeded_database(settings: Settings) -> Iterator[Database]:
         db.close()
 
 
-class ServerProcess:
+class _Child:
+    """A ``lockbox`` subprocess writing to a log file: its tail for errors, SIGTERM to stop, SIGKILL to crash."""
+
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, exactly like a crash or the OOM killer."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class ServerProcess(_Child):
     """``lockbox serve`` on 127.0.0.1 and a free port; ``kill()`` is SIGKILL, ``start()`` may be called again."""
 
     def __init__(self, data_dir: Path, database_url: str, *, port: int | None = None,
@@ -106,27 +134,6 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"lockbox serve not ready after {timeout:.0f} s:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hook runs, exactly like a crash or the OOM killer."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
     def __enter__(self) -> ServerProcess:
         self.start()
         return self
@@ -136,7 +143,7 @@ class ServerProcess:
         self.stop()
 
 
-class WorkerProcess:
+class WorkerProcess(_Child):
     """``lockbox worker`` in a subprocess on the same data dir and database as the servers."""
 
     def __init__(self, data_dir: Path, database_url: str, *, env: dict[str, str] | None = None,
@@ -181,26 +188,6 @@ class WorkerProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"lockbox worker not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 class RedisServer:

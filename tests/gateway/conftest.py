@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message
 
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from tests.factories import Api, Person
 from tests.gateway.tls import Cert, make_cert
-from tests.notify.conftest import CLINIC, PUBLIC_URL, Sink, drain, free_port
+from tests.notify.conftest import CLINIC, PUBLIC_URL, Sink, drain, free_port, smtp
 
 from lockbox.app import create_app
 from lockbox.clock import FrozenClock
@@ -25,16 +24,13 @@ from lockbox.db import Database
 from lockbox.jobs.worker import Worker
 from lockbox.messaging.models import Thread
 
-__all__ = ["CLINIC", "PUBLIC_URL", "Cert", "Sink", "drain"]
+__all__ = ["CLINIC", "PUBLIC_URL", "Cert", "Sink", "drain", "smtp"]
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink(port=free_port())
-    controller = Controller(s, hostname="127.0.0.1", port=s.port)
-    controller.start()
-    yield s
-    controller.stop()
+def sink(smtp: Sink) -> Sink:
+    """The clinic's outbound mail server: the notify tests' own SMTP sink."""
+    return smtp
 
 
 @pytest.fixture

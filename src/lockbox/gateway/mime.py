@@ -12,7 +12,7 @@ from email.parser import BytesParser
 from html.parser import HTMLParser
 
 from lockbox.gateway.exceptions import MALFORMED, Bounce
-from lockbox.messaging.service import _clean_filename, sniff_type
+from lockbox.messaging.service import clean_filename, sniff_type
 
 # Defects that mean the structure or the encoding is broken (a lone odd header is tolerated, as mail
 # servers do): a missing or unclosed boundary, a header/body split that is not there, bad base64.
@@ -119,7 +119,7 @@ def parse(raw: bytes, *, max_file_bytes: int) -> Mail:
         if content_type is None:
             raise Bounce("554 5.6.1 Attach images (PNG, JPEG, GIF, WebP) or PDF documents only; "
                          "nothing was stored.", "attachment_type")
-        files.append(File(_clean_filename(part.get_filename() or f"attachment-{len(files) + 1}"),
+        files.append(File(clean_filename(part.get_filename() or f"attachment-{len(files) + 1}"),
                           content_type, data))
     if any(isinstance(d, _BROKEN) for part in msg.walk() for d in part.defects):  # text parts decoded above
         raise Bounce(MALFORMED, "malformed")

@@ -626,7 +626,7 @@ def _notify(session: Session, thread: Any, event: dict[str, object], *, sender_i
 # -- attachments ---------------------------------------------------------------------------------
 
 
-def _clean_filename(name: str) -> str:
+def clean_filename(name: str) -> str:
     name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable() and ch not in '<>:"|?*').strip(" .")
     return name[:200] or "attachment"
@@ -653,7 +653,7 @@ def add_attachment(session: Session, *, actor: Actor, thread_id: str, filename: 
     if content_type is None:
         raise UnsupportedMediaType("Attach images (PNG, JPEG, GIF, WebP) or PDF documents.")
     text = (body or "").strip() or "(attachment)"
-    return _append(session, actor, thread, text, attachment=(_clean_filename(filename), content_type, data))
+    return _append(session, actor, thread, text, attachment=(clean_filename(filename), content_type, data))
 
 
 @dataclass(frozen=True)

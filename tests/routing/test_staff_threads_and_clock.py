@@ -1,5 +1,6 @@
-"""A patient's reply in a thread staff started starts a response clock like a new patient message; the clock
-records when staff answered and when the ladder climbed, and the routing API shows it."""
+"""A patient's reply in a thread staff started starts a response clock like a new patient message, and goes back
+to the staff member who wrote; a thread the patient addressed to named staff has a clock too. The clock records
+when staff answered and when the ladder climbed, and the routing API shows it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lockbox.clock import FrozenClock
-from lockbox.messaging.models import Thread
+from lockbox.messaging.models import Participant, Thread
 from lockbox.routing.models import RoutingDecision, RoutingState
 from tests.routing.conftest import Routing
 
@@ -42,7 +43,8 @@ def test_a_staff_thread_has_no_clock_until_the_patient_replies(routing: Routing)
     assert state is not None
     assert (state.priority, state.rule, state.sla, state.pending_seq) == ("urgent", "urgent", "1h", 2)
     thread = _thread(r, tid)
-    assert thread.pool_id == "nurse-triage" and thread.urgent and thread.assignee_id == r.c.nurse.id
+    # The doctor wrote, so the doctor (on duty) takes the answer; the pool's queue still shows the thread.
+    assert thread.pool_id == "nurse-triage" and thread.urgent and thread.assignee_id == r.c.doctor.id
     decisions = r.query(lambda s: list(s.scalars(select(RoutingDecision).where(RoutingDecision.thread_id == tid)
                                                  .order_by(RoutingDecision.created_at))))
     assert [(d.trigger, d.rule) for d in decisions] == [("message", "addressed"), ("reply", "urgent")]
@@ -88,14 +90,51 @@ def test_a_first_reply_that_is_an_emergency_takes_the_emergency_path(routing: Ro
     assert _thread(r, tid).emergency
 
 
-def test_a_thread_the_patient_addressed_stays_addressed(routing: Routing) -> None:
+def test_the_first_reply_goes_to_the_balance_when_the_author_is_off_duty(routing: Routing) -> None:
     r = routing
-    out = r.api(r.c.patient).post("/threads", json={"subject": "Hi", "body": "Quick thanks for Tuesday",
+    tid = _staff_thread(r)
+    assert r.api(r.c.doctor).put("/routing/duty", json={"available": False}).status_code == 200
+    r.api(r.c.patient).post(f"/threads/{tid}/messages", json={"body": "I've had a fever of 102 since last night"})
+    thread = _thread(r, tid)
+    assert thread.pool_id == "nurse-triage" and thread.assignee_id in {r.c.nurse.id, r.ned.id}
+
+
+def test_a_thread_the_patient_addressed_stays_with_that_doctor_on_a_clock(
+        routing: Routing, clock: FrozenClock, run_jobs: Callable[[], int]) -> None:
+    r = routing
+    r.on_call("nurse-triage", r.oncall_doc, clock.now(), hours=72)  # still on call when the wait runs out
+    out = r.api(r.c.patient).post("/threads", json={"subject": "Hi", "body": "Quick question about my refill",
                                                     "to": ["dr.house"], "confirm_recipients": True})
     assert out.status_code == 201, out.text
     tid = out.json()["id"]
-    r.api(r.c.patient).post(f"/threads/{tid}/messages", json={"body": "and a question about my refill"})
-    assert _state(r, tid) is None
+    assert out.json()["routing"]["rule"] == "addressed" and out.json()["routing"]["pool"] is None
+    thread = _thread(r, tid)
+    assert thread.pool_id is None and thread.assignee_id == r.c.doctor.id
+    state = _state(r, tid)
+    assert state is not None and state.priority == "routine" and state.sla == "2bd" and state.pending_seq == 1
+    members = r.query(lambda s: set(s.scalars(select(Participant.user_id).where(Participant.thread_id == tid))))
+    assert members == {r.c.patient.id, r.c.doctor.id}  # the patient chose whom to write to: no care team brought in
+    # Unanswered for two business days: the ladder climbs (no pool, so no lead: the on-call physician).
+    clock.advance(2 * 24 * HOUR + 60)
+    run_jobs()
+    escalated = r.audit("routing.thread.escalate")
+    assert [a.subject_id for a in escalated] == [tid]
+    members = r.query(lambda s: set(s.scalars(select(Participant.user_id).where(Participant.thread_id == tid))))
+    assert r.oncall_doc.id in members
+
+
+def test_an_urgent_message_addressed_to_an_absent_doctor_goes_to_someone_on_duty(routing: Routing) -> None:
+    r = routing
+    assert r.api(r.c.doctor).put("/routing/duty", json={"available": False}).status_code == 200
+    out = r.api(r.c.patient).post("/threads", json={
+        "subject": "Incision", "body": "My incision is red and warm and draining since yesterday, fever 100.8",
+        "to": ["dr.house"], "confirm_recipients": True})
+    assert out.status_code == 201, out.text
+    tid = out.json()["id"]
+    state = _state(r, tid)
+    assert state is not None and state.priority == "urgent" and state.sla == "1h"
+    thread = _thread(r, tid)
+    assert thread.assignee_id is not None and thread.assignee_id != r.c.doctor.id
 
 
 def test_the_clock_shows_answered_and_escalated_times(routing: Routing, clock: FrozenClock,

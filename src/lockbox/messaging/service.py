@@ -110,7 +110,8 @@ def create_thread(session: Session, *, actor: Actor, data: schemas.ThreadCreate)
         )
         if actor.is_patient:  # addressed, yet still checked for an emergency
             decision = routing.screen_addressed(session, decision, patient_id=actor.user_id,
-                                                care_team_id=care_team_id, subject=data.subject, body=data.body)
+                                                care_team_id=care_team_id, subject=data.subject, body=data.body,
+                                                addressed_to=[u.id for u in recipients.users], urgent=data.urgent)
 
     thread_id = new_id()
     cipher, key_version, wrapped = ThreadCipher.new(rt.keyring, thread_id)

@@ -66,6 +66,8 @@ class Decision:
     sla: str | None = None
     ladder: tuple[str, ...] = ()
     emergency_pool: str | None = None
+    # Without a pool the care team joins the thread; not when the patient chose whom to write to.
+    team_joins: bool = True
     phases: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -117,19 +119,25 @@ def _facts(rules: RuleSet, now: datetime, urgency: str, triage: Triage, ctx: Pat
 
 def _decide(session: Session, *, rules: RuleSet, now: datetime, urgency: str, triage: Triage, ctx: PatientContext,
             care_team_id: str | None, trigger: str, seq: int, keep_assignee: str | None = None,
-            current_pool: str | None = None, pool_override: str | None = None) -> Decision:
+            current_pool: str | None = None, pool_override: str | None = None, prefer: str | None = None,
+            addressed: bool = False) -> Decision:
+    """``prefer``: the person the conversation is with, who takes it when on duty. ``addressed``: the patient
+    chose the recipients, so no rule picks a pool (the SLA and ladder are the defaults for the urgency)."""
     facts = _facts(rules, now, urgency, triage, ctx, care_team_id)
-    rule: CompiledRule | None = rules.first_match(facts)
+    rule: CompiledRule | None = None if addressed else rules.first_match(facts)
     emergency = urgency == "emergency"
     wanted = rule.pool if rule is not None else (rules.emergency_pool if emergency else None)
-    if pool_override is not None:
+    if pool_override is not None or addressed:
         wanted = pool_override
     pool = session.get(Pool, wanted) if wanted else None
-    fallback = pool is None
-    rule_name = rule.name if rule is not None else "no-rule"
+    fallback = pool is None and not addressed
+    rule_name = "addressed" if addressed else rule.name if rule is not None else "no-rule"
 
     if keep_assignee is not None and pool is not None and pool.id == current_pool:
         pick = balance.Pick(keep_assignee, "kept", 1, 1)
+    elif prefer is not None and balance.is_eligible(session, rules=rules, now=now, user_id=prefer,
+                                                    pool_id=pool.id if pool else None):
+        pick = balance.Pick(prefer, "addressed", 1, 1)
     else:
         people = balance.candidates(session, rules=rules, now=now, pool=pool, care_team_id=care_team_id,
                                     location_id=ctx.location_id)
@@ -138,11 +146,15 @@ def _decide(session: Session, *, rules: RuleSet, now: datetime, urgency: str, tr
     where = f"pool {pool.id}" if pool is not None else "the patient's care team"
     if fallback and wanted:
         where += f" (pool {wanted} does not exist)"
-    who = {"care_team": "assigned within the care team", "least_load": "assigned to the least-loaded responder",
+    if addressed and pool is None:
+        where = "the staff the patient wrote to"
+    who = {"addressed": "assigned to the staff member the conversation is with",
+           "care_team": "assigned within the care team", "least_load": "assigned to the least-loaded responder",
            "on_call": "assigned to the on-call responder", "kept": "assignee kept",
            "nobody_eligible": "nobody eligible on duty: left in the queue",
            "no_candidates": "no responders: left in the queue"}[pick.reason]
-    explanation = f"{urgency.capitalize()} {triage.topic}: rule {rule_name} sent it to {where}; {who}."
+    how = "addressed by the patient, kept with" if addressed else f"rule {rule_name} sent it to"
+    explanation = f"{urgency.capitalize()} {triage.topic}: {how} {where}; {who}."
     if emergency:
         explanation = "Emergency: auto-reply sent, call-back task and on-call page raised. " + explanation
     phases = {
@@ -160,7 +172,8 @@ def _decide(session: Session, *, rules: RuleSet, now: datetime, urgency: str, tr
         urgency=urgency, topic=triage.topic, pool_id=pool.id if pool else None, assignee_id=pick.assignee_id,
         rule=rule_name, explanation=explanation[:300], emergency=emergency,
         auto_reply=AUTO_REPLY[lang] if emergency else None, routed=True, trigger=trigger, seq=seq, sla=sla.text,
-        ladder=rules.ladder_for(rule), emergency_pool=rules.emergency_pool, phases=phases,
+        ladder=rules.ladder_for(rule), emergency_pool=rules.emergency_pool, team_joins=not addressed,
+        phases=phases,
     )
 
 
@@ -183,18 +196,33 @@ def route_patient_message(
 
 
 def screen_addressed(session: Session, decision: Decision, *, patient_id: str, care_team_id: str | None,
-                     subject: str, body: str) -> Decision:
-    """A patient's thread addressed to named staff skips routing but not the emergency check: an emergency
-    is routed like any other (auto-reply, call-back, page); anything else stays as addressed."""
-    from lockbox.routing.classify import emergency_check
+                     subject: str, body: str, addressed_to: list[str] | None = None, urgent: bool = False) -> Decision:
+    """A patient's thread addressed to named staff (or a pool) is not routed elsewhere, but it is triaged: an
+    emergency is routed like any other (auto-reply, call-back, page); anything else stays with the staff the
+    patient wrote to (or the pool's balance), on the response clock of its urgency, so it escalates when
+    nobody answers (a doctor away for a week must not leave a patient's question unseen)."""
+    from lockbox.routing.classify import classify, emergency_check
 
-    triage = emergency_check(f"{subject}\n{body}")
-    if triage is None:
-        return decision
     rt = runtime_of(session)
     ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
-    return _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency="emergency", triage=triage,
-                   ctx=ctx, care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1)
+    triage = emergency_check(f"{subject}\n{body}")
+    if triage is not None:
+        return _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency="emergency", triage=triage,
+                       ctx=ctx, care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1)
+    triage = classify(subject, body)
+    urgency = "urgent" if urgent and triage.urgency == "routine" else triage.urgency
+    prefer = next((u for u in addressed_to or () if _clinician(session, u)), None)
+    return _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency=urgency, triage=triage, ctx=ctx,
+                   care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1,
+                   pool_override=decision.pool_id, prefer=prefer, addressed=True)
+
+
+def _clinician(session: Session, user_id: str | None) -> bool:
+    """Staff who may answer a patient's message (not a patient, not a no-content role), active."""
+    if user_id is None:
+        return False
+    row = session.execute(select(User.role, User.active).where(User.id == user_id)).first()
+    return row is not None and row[1] and row[0] != Role.patient and row[0] not in NO_CONTENT_ROLES
 
 
 def route_patient_reply(
@@ -239,7 +267,8 @@ def route_first_reply(session: Session, *, thread_id: str, patient_id: str, body
     """A patient's first reply in a thread staff started (it has no response clock): the patient now waits for
     an answer, so the reply is triaged and routed like a new message (the rules' pool, SLA and ladder, the
     balance's responder). A pool or assignee the thread already has is kept; the staff who wrote stay members.
-    A thread the patient addressed to named staff stays as addressed (None)."""
+    The staff member who wrote takes the answer when on duty (the conversation is with them); otherwise the
+    balance picks. A thread the patient started has its own clock already (None)."""
     thread = session.get(Thread, thread_id)
     if thread is None or thread.patient_id != patient_id or thread.created_by == patient_id:
         return None
@@ -250,7 +279,8 @@ def route_first_reply(session: Session, *, thread_id: str, patient_id: str, body
     ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
     decision = _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency=triage.urgency, triage=triage,
                        ctx=ctx, care_team_id=thread.care_team_id or ctx.care_team_id, trigger="reply", seq=seq,
-                       keep_assignee=thread.assignee_id, current_pool=thread.pool_id, pool_override=thread.pool_id)
+                       keep_assignee=thread.assignee_id, current_pool=thread.pool_id, pool_override=thread.pool_id,
+                       prefer=thread.created_by if _clinician(session, thread.created_by) else None)
     if thread.pool_id is None and decision.pool_id is not None:
         thread.pool_id = decision.pool_id
     if thread.assignee_id is None and decision.assignee_id is not None:
@@ -288,7 +318,7 @@ def record_decision(session: Session, *, thread_id: str, message_id: str | None,
         state.sla = decision.sla or rules.sla[decision.urgency].text
         state.ladder = list(decision.ladder or rules.escalation)
         escalation.arm(session, state, rules=rules, seq=decision.seq, since=now)
-    if decision.pool_id is None:
+    if decision.pool_id is None and decision.team_joins:
         _care_team_takes_it(session, thread_id, now)
     if decision.assignee_id:
         balance.note_assignment(session, decision.assignee_id, now)

@@ -123,3 +123,25 @@ def test_the_hundredth_failure_waits_for_a_new_enrolment_code(
     code = admin.post(f"/admin/users/{person.id}/enrolment-code").json()["enrolment_code"]
     secret = secret_of(enrol(client, person.username, code))
     assert login(client, person.username, code_at(secret, clock.now()), password=STRONG_PASSWORD).status_code == 200
+
+
+def test_quiet_counters_are_forgotten_but_a_suspension_is_kept(db: Database, clock: FrozenClock) -> None:
+    unknown, known, suspended = throttle.account_key("a" * 32), throttle.account_key("b" * 32), \
+        throttle.account_key("c" * 32)
+    address = throttle.address_key("203.0.113.9")
+    _seed(db, unknown, throttle.ACCOUNT, 3, clock)
+    _seed(db, suspended, throttle.ACCOUNT, 100, clock)
+    _seed(db, address, throttle.ADDRESS, 25, clock)
+    clock.advance(2 * 24 * 3600)
+    _seed(db, known, throttle.ACCOUNT, 2, clock)
+
+    def keys() -> set[str]:
+        return set(db.read_sync(lambda s: s.scalars(select(AuthThrottle.key)).all()))
+
+    assert db.write_sync(lambda s: throttle.prune(s, clock.now())) == 1
+    assert keys() == {unknown, known, suspended}  # the address's day of quiet is over
+    clock.advance(29 * 24 * 3600)
+    assert db.write_sync(lambda s: throttle.prune(s, clock.now())) == 1
+    assert keys() == {known, suspended}  # a month without a failure; the suspension waits for recovery
+    assert db.read_sync(lambda s: throttle.lock_of(s, [(suspended, throttle.ACCOUNT)], clock.now())) == \
+        throttle.Lock(throttle.ACCOUNT.max_lock_s, suspended=True)

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -95,3 +95,26 @@ def record_failure(session: Session, key: str, policy: Policy, now: datetime) ->
 
 def reset(session: Session, *keys: str) -> None:
     session.execute(delete(AuthThrottle).where(AuthThrottle.key.in_(keys)))
+
+
+# How long a counter outlives its last failure. An account's counter keeps counting towards the
+# 100-failure ceiling for a month of quiet (guessing slower than that is no online attack), an address's
+# for a day (it is never suspended; its locks last at most 15 minutes). A suspended account keeps its row
+# until recovery. Without this, every name an attacker tries would leave a row behind for good.
+ACCOUNT_QUIET = timedelta(days=30)
+ADDRESS_QUIET = timedelta(days=1)
+
+
+def prune(session: Session, now: datetime, *, limit: int = 5000) -> int:
+    """Forget up to ``limit`` counters quiet for long enough and no longer locking anything; returns how many."""
+    assert ACCOUNT.suspend_after is not None
+    stale = or_(
+        and_(AuthThrottle.key.like("user:%"), AuthThrottle.last_failure_at < now - ACCOUNT_QUIET,
+             AuthThrottle.failures < ACCOUNT.suspend_after),
+        and_(AuthThrottle.key.like("addr:%"), AuthThrottle.last_failure_at < now - ADDRESS_QUIET),
+    )
+    free = or_(AuthThrottle.locked_until.is_(None), AuthThrottle.locked_until <= now)
+    keys = list(session.scalars(select(AuthThrottle.key).where(stale, free).limit(limit)))
+    if keys:
+        session.execute(delete(AuthThrottle).where(AuthThrottle.key.in_(keys)))
+    return len(keys)

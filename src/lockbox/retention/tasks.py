@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from lockbox.db import Database
 from lockbox.db.uow import runtime_of
+from lockbox.identity import throttle
 from lockbox.jobs.service import enqueue, register
 from lockbox.retention import service
 
@@ -42,6 +43,7 @@ def run_sweep(session: Session, payload: dict[str, Any]) -> None:
     settings = rt.settings
     result = service.sweep(session, rules=service.policies(settings), limit=settings.retention_batch)
     now = rt.clock.now()
+    throttle.prune(session, now)  # sign-in counters are kept no longer than they protect anyone
     if result.more:
         # A backlog (the first run on an old database): keep going now, one committed batch at a time.
         enqueue(session, kind=SWEEP, dedupe_key=f"{SWEEP}:more:{result.purged[-1]}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -272,3 +273,20 @@ def test_a_checkpoint_of_the_head_proves_a_later_cut_without_the_head_file(log: 
     assert report.ok and report.checkpoints_checked == 2
     tamper(raw, lambda c: drop_rows(c, 59, 60))
     assert bad(check(log, head=None)) == (59, "truncated")
+
+
+def test_the_head_file_rotates_and_the_newest_head_survives_rotation(tmp_path: Path, log: Database) -> None:
+    keyring = log.runtime.keyring
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    head = HeadFile(heads / "audit-head.jsonl", keyring, max_bytes=400, generations=2)
+    for seq in range(1, 31):
+        head.write(seq, f"{seq:064x}")
+        assert head.latest() == Head(seq, f"{seq:064x}")  # right after a rotation too
+    files = {p.name for p in heads.iterdir()}
+    assert {"audit-head.jsonl.1", "audit-head.jsonl.2"} <= files <= {"audit-head.jsonl", "audit-head.jsonl.1",
+                                                                     "audit-head.jsonl.2"}
+    assert all(p.stat().st_size < 400 + 200 for p in heads.iterdir())  # bounded: at most a line over
+    # The newest generation without a valid line (torn by a crash) falls back to the one before.
+    (heads / "audit-head.jsonl").write_text('{"seq": 99, "hash": "torn"\n')
+    assert head.latest() is not None and head.latest().seq < 31  # type: ignore[union-attr]

@@ -55,7 +55,8 @@ def _cached(db: Database, patient_id: str) -> bool:
     return runtime_for(db.runtime.settings).cache.get(patient_id) is not None
 
 
-def test_matching_links_patients_by_mrn_and_staff_by_npi(fhir: FhirServer, db: Database, clinic: Clinic) -> None:
+def test_matching_links_patients_by_mrn_and_staff_by_npi(fhir: FhirServer, db: Database, clinic: Clinic,
+                                                         backend: str) -> None:
     chart = seed_chart(fhir, db, clinic)
     counts = link_everyone(db, clinic)
     links = {r.username: r for r in db.read_sync(service.link_report)}
@@ -128,7 +129,7 @@ def _route(client: TestClient, clinic: Clinic, who: str, subject: str, body: str
 
 
 def test_routing_uses_conditions_and_recent_surgery(fhir: FhirServer, db: Database, clinic: Clinic,
-                                                    client: TestClient) -> None:
+                                                    client: TestClient, backend: str) -> None:
     make_pool(db, "chronic-care", ["nurse"], members=[clinic.nurse])
     make_pool(db, "surgery", ["physician"], members=[clinic.other_team_doctor])
     make_pool(db, "front-desk", ["scheduler"], members=[clinic.scheduler])

@@ -3,7 +3,7 @@ refusals on the secure pages."""
 
 from __future__ import annotations
 
-from lockbox.errors import LockboxError
+from lockbox.errors import Conflict, LockboxError
 
 
 class Bounce(Exception):
@@ -35,3 +35,16 @@ class NotVerified(LockboxError):
     code = "not_verified"
     status = 401
     detail = "Verify with a one-time code first."
+
+
+class DeliveryExpired(Conflict):
+    code = "link_expired"
+    detail = ("This secure link has expired, so it cannot be sent again. Send the message again as a new "
+              "secure email.")
+
+
+class TooManyResends(LockboxError):
+    code = "too_many_resends"
+    status = 429
+    detail = ("The link was sent again as many times as allowed. Check the recipient's address with them, then "
+              "send the message again as a new secure email.")

@@ -52,7 +52,8 @@ class SecureDelivery(Base):
 
 class SecureNotice(Base):
     """One PHI-free email to an external recipient (the link, or a code), delivered by a job like the
-    notify outbox: queued -> sending -> sent, or failed. The link or code is sealed until it is sent."""
+    notify outbox: queued -> sending -> sent, or failed; or superseded when the sender had the link sent
+again (it no longer works). The link or code is sealed until it is sent."""
 
     __tablename__ = "secure_notices"
 

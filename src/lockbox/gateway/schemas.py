@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,3 +58,22 @@ class ExternalThread(BaseModel):
     clinic: str
     messages: list[ExternalMessage]
     csrf: str
+
+
+class DeliveryOut(BaseModel):
+    """One external recipient of a thread, as staff see it: never the full address."""
+
+    id: str
+    recipient: str = Field(description="The address, masked: 'fr***@partner.example'")
+    link_status: Literal["queued", "sent", "failed"] = Field(
+        description="The latest link email: queued (or being retried), sent, or failed for good")
+    link_failure: str | None = Field(description="Why it failed, as a class ('SMTP 550', 'ConnectionRefusedError'), "
+                                     "never the mail server's text")
+    link_sent_at: datetime | None
+    created_at: datetime
+    expires_at: datetime
+    expired: bool
+    verified_at: datetime | None = Field(description="When the recipient last opened the message with a code")
+    codes_sent: int = Field(description="One-time codes sent for the current link")
+    resends: int
+    can_resend: bool

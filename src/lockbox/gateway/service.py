@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
+from lockbox.access import policy
 from lockbox.access.actor import Actor
 from lockbox.audit.service import record
 from lockbox.consent import service as consent
@@ -38,7 +39,14 @@ from lockbox.errors import (
     UnsupportedMediaType,
 )
 from lockbox.gateway import schemas
-from lockbox.gateway.exceptions import Bounce, CodeRefused, LinkExpired, NotVerified
+from lockbox.gateway.exceptions import (
+    Bounce,
+    CodeRefused,
+    DeliveryExpired,
+    LinkExpired,
+    NotVerified,
+    TooManyResends,
+)
 from lockbox.gateway.mime import MAX_SUBJECT_CHARS, File
 from lockbox.gateway.models import GatewayPassword, SecureDelivery, SecureNotice
 from lockbox.identity import throttle
@@ -49,6 +57,7 @@ from lockbox.messaging import schemas as msg_schemas
 from lockbox.messaging import service as messaging
 from lockbox.messaging.models import Attachment, Message, Participant, Thread
 from lockbox.messaging.sealing import ThreadCipher
+from lockbox.notify import service as notify
 
 if TYPE_CHECKING:
     from lockbox.db import Database
@@ -62,6 +71,8 @@ CODE_DIGITS = 8
 MAX_CODE_FAILURES = 5  # per code; a new code starts again
 MAX_CODES = 10  # per link: past that the recipient asks the sender to send the message again
 CODE_INTERVAL_S = 30
+MAX_RESENDS = 5  # new links per delivery, on top of the first: past that the sender writes again
+DELIVERY_FAILED = "delivery_failed"  # the notify kind that tells a sender their link email failed for good
 EXTERNAL_KIND = "external"  # Thread.kind of a thread with an external recipient
 EXTERNAL_REPLY = "external"  # Message.kind of the external recipient's reply (sender_id is None)
 _RE_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|tr)\s*:\s*)+", re.IGNORECASE)
@@ -387,16 +398,30 @@ def _notice_failed(session: Session, *, notice_id: str, error: str) -> None:
         n.status, n.secret_sealed = "failed", None
         record(session, action="gateway.notice.fail", subject_type="secure_notice", subject_id=n.id,
                delivery_id=n.delivery_id, kind=n.kind, attempts=n.attempts)
+        if n.kind == "link":
+            _tell_sender_link_failed(session, n.delivery_id)
     else:
         n.status = "queued"
 
 
+def _tell_sender_link_failed(session: Session, delivery_id: str) -> None:
+    """Without this the sender believes the message arrived. The event and the notification name the
+    thread (for the sender's own page) but never the address, subject or content."""
+    d = session.get_one(SecureDelivery, delivery_id)
+    publish(session, [d.sender_id], {"type": "delivery_failed", "thread_id": d.thread_id, "delivery_id": d.id})
+    sender = session.get(User, d.sender_id)
+    if sender is not None and sender.active and sender.email:
+        notify.queue(session, user=sender, channel="email", kind=DELIVERY_FAILED, thread_id=d.thread_id)
+
+
 def _notice_sent(session: Session, *, notice_id: str, provider_id: str | None) -> None:
     n = session.get(SecureNotice, notice_id)
-    if n is None or n.status == "sent":
+    if n is None or n.status == "sent" or n.sent_at is not None:
         return
     # Sent: the link or code is no longer recoverable from the database, only its hash is kept.
-    n.status, n.reason, n.secret_sealed = "sent", None, None
+    # A link resent while this one was on its way stays superseded (it no longer works).
+    n.status = "superseded" if n.status == "superseded" else "sent"
+    n.reason, n.secret_sealed = None, None
     n.sent_at = runtime_of(session).clock.now()
     n.provider_message_id = provider_id
     record(session, action="gateway.notice.send", subject_type="secure_notice", subject_id=n.id,
@@ -607,6 +632,105 @@ def reply(session: Session, *, token: str, access: str | None, csrf: str | None,
     members = session.scalars(select(Participant.user_id).where(Participant.thread_id == thread.id,
                                                                 Participant.kind == "member"))
     publish(session, members, {"type": "message", "thread_id": thread.id, "message_id": message_id, "seq": seq})
+
+
+# -- the staff's view of a thread's external deliveries ------------------------------------------------
+
+
+_FAILURE_CLASS = re.compile(r"^[A-Za-z0-9 ._-]{1,60}$")
+
+
+def _mask(address: str) -> str:
+    """Enough to tell recipients apart on the thread page: the domain and the local part's first letters."""
+    local, _, domain = address.rpartition("@")
+    if not local:
+        return "***"
+    return f"{local[:2] if len(local) > 3 else local[:1]}***@{domain}"
+
+
+def _failure_class(reason: str | None) -> str | None:
+    # describe_failure already keeps server text out ("SMTP 550", "ConnectionRefusedError"); anything
+    # else that ever lands here (an address, a quoted reply) is not shown.
+    cls = (reason or "").removeprefix("failed:").strip()
+    if not cls:
+        return None
+    return cls if _FAILURE_CLASS.match(cls) and "@" not in cls else "error"
+
+
+def _link_status(status: str) -> str:
+    return {"sending": "queued"}.get(status, status)
+
+
+def _delivery_out(session: Session, d: SecureDelivery, links: list[SecureNotice]) -> schemas.DeliveryOut:
+    rt = runtime_of(session)
+    # Resending supersedes every earlier link notice, so the current one is the one left.
+    latest = next((n for n in links if n.status != "superseded"), None)
+    status = _link_status(latest.status) if latest is not None else "queued"
+    resends = max(0, len(links) - 1)
+    expired = rt.clock.now() >= d.expires_at
+    return schemas.DeliveryOut(
+        id=d.id, recipient=_mask(rt.keyring.open_secret(ADDRESS_PURPOSE, d.id, d.address_sealed).decode()),
+        link_status=status, link_failure=_failure_class(latest.reason) if status == "failed" and latest else None,
+        link_sent_at=latest.sent_at if latest is not None else None, created_at=d.created_at,
+        expires_at=d.expires_at, expired=expired, verified_at=d.verified_at, codes_sent=d.codes_sent,
+        resends=resends, can_resend=not expired and resends < MAX_RESENDS)
+
+
+def _links_of(session: Session, delivery_ids: list[str]) -> dict[str, list[SecureNotice]]:
+    links: dict[str, list[SecureNotice]] = {i: [] for i in delivery_ids}
+    if delivery_ids:
+        for n in session.scalars(select(SecureNotice).where(SecureNotice.delivery_id.in_(delivery_ids),
+                                                            SecureNotice.kind == "link")
+                                 .order_by(SecureNotice.created_at, SecureNotice.id)):
+            links[n.delivery_id].append(n)
+    return links
+
+
+def external_deliveries(session: Session, *, actor: Actor, thread_id: str) -> list[schemas.DeliveryOut]:
+    """How the thread's external recipients were reached, for staff who may read the thread; a masked
+    address only, and the failure's class, never a mail server's words."""
+    thread = policy.thread_for_read(session, actor, thread_id)
+    if actor.is_patient or not actor.sees_content:
+        raise NotFound()
+    rows = list(session.scalars(select(SecureDelivery).where(SecureDelivery.thread_id == thread.id)
+                                .order_by(SecureDelivery.created_at, SecureDelivery.id)))
+    links = _links_of(session, [d.id for d in rows])
+    return [_delivery_out(session, d, links[d.id]) for d in rows]
+
+
+def resend_link(session: Session, *, actor: Actor, thread_id: str, delivery_id: str) -> schemas.DeliveryOut:
+    """A new link for the recipient, emailed as the first was; the previous link stops working at once
+    (its hash is replaced), and with it any code or access session begun through it."""
+    thread = policy.thread_for_write(session, actor, thread_id)
+    if actor.is_patient:
+        raise NotFound()
+    d = session.scalar(select(SecureDelivery).where(SecureDelivery.id == delivery_id,
+                                                    SecureDelivery.thread_id == thread.id))
+    if d is None:
+        raise NotFound()
+    now = runtime_of(session).clock.now()
+    if now >= d.expires_at:
+        raise DeliveryExpired()
+    links = _links_of(session, [d.id])[d.id]
+    if len(links) - 1 >= MAX_RESENDS:
+        raise TooManyResends()
+    for n in links:
+        if n.status in ("queued", "sending"):
+            # Its link is about to stop working: never send it (a worker mid-send may still deliver it).
+            n.secret_sealed = None
+        n.status = "superseded"
+    for n in session.scalars(select(SecureNotice).where(SecureNotice.delivery_id == d.id, SecureNotice.kind == "code",
+                                                        SecureNotice.status == "queued")):
+        n.status, n.secret_sealed = "superseded", None  # a code of the old link, voided below
+    link = _new_secret()
+    d.link_hash = _sha256(link)
+    d.code_mac, d.code_expires_at, d.code_failures = None, None, 0
+    d.access_hash, d.access_expires_at = None, None
+    d.codes_sent, d.last_code_at = 0, None  # the code budget is per link
+    _queue_notice(session, d.id, "link", link)
+    record(session, action="gateway.delivery.resend", actor=actor, subject_type="secure_delivery", subject_id=d.id,
+           thread_id=thread.id, resends=len(links))
+    return _delivery_out(session, d, _links_of(session, [d.id])[d.id])
 
 
 def delivery_for_thread(session: Session, *, thread_id: str) -> SecureDelivery | None:

@@ -19,7 +19,7 @@ class Notification(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(16))  # email | sms | pager
-    kind: Mapped[str] = mapped_column(String(16))  # new_message | escalation | page
+    kind: Mapped[str] = mapped_column(String(16))  # new_message | escalation | page | delivery_failed
     # queued -> sending -> sent; or suppressed (never sent) or failed (dead letter)
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(String(100))  # why suppressed, deferred or failing; PHI-free

@@ -31,6 +31,13 @@ def render(kind: str, settings: Settings) -> Text:
             body=f"A secure message at {clinic} is waiting for a response.\n\nSign in to see it: {link}\n",
             short=f"{clinic}: a secure message is waiting for your response. Sign in: {link}",
         )
+    if kind == "delivery_failed":
+        return Text(
+            subject=f"A secure message could not be delivered ({clinic})",
+            body=("A secure message you sent could not be delivered to its external recipient.\n\n"
+                  f"Sign in to see it: {link}\n"),
+            short=f"{clinic}: a secure message you sent could not be delivered. Sign in to see it: {link}",
+        )
     return Text(
         subject=f"New secure message from {clinic}",
         body=(f"You have a new secure message from {clinic}.\n\nSign in to read it: {link}\n\n"

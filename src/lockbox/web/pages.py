@@ -18,6 +18,7 @@ from lockbox.consent.exceptions import NothingToWithdraw
 from lockbox.consent.schemas import ConsentChange, ConsentOverview
 from lockbox.errors import ConfirmRecipients, LockboxError, NotFound, Unauthenticated
 from lockbox.fhir import service as fhir
+from lockbox.gateway import service as gateway
 from lockbox.http import state
 from lockbox.messaging import schemas
 from lockbox.messaging import service as messaging
@@ -264,6 +265,17 @@ async def file_to_chart(request: Request, thread_id: str) -> Response:
     tid = page_id(thread_id)
     return await _routing_action(request, tid, await read_form(request), fhir.request_filing,
                                  error_slot="filing_error")
+
+
+# -- the [secure] gateway: a new link for an external recipient (docs/gateway.md) ---------------------
+
+
+@router.post("/t/{thread_id}/external/{delivery_id}/resend")
+async def resend_link(request: Request, thread_id: str, delivery_id: str) -> Response:
+    # The same service as POST /api/v1/threads/{id}/external/{delivery_id}/resend, with its access checks.
+    tid = page_id(thread_id)
+    return await _routing_action(request, tid, await read_form(request), gateway.resend_link,
+                                 error_slot="external_error", delivery_id=page_id(delivery_id))
 
 
 # -- clinician inbox -------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from lockbox.directory.models import Pool, PoolMember
 from lockbox.errors import NotFound
 from lockbox.fhir import service as fhir
 from lockbox.fhir.schemas import FilingOut
+from lockbox.gateway import service as gateway
+from lockbox.gateway.schemas import DeliveryOut
 from lockbox.identity.models import Patient, User
 from lockbox.identity.roles import CLINICAL_ROLES, NO_CONTENT_ROLES, Role
 from lockbox.messaging import schemas
@@ -97,6 +99,8 @@ class ThreadPage:
     routed: tuple[str, str] | None = None
     # The thread's filing into the EHR chart, for a clinician when filing is configured (docs/fhir.md).
     filing: FilingOut | None = None
+    # How the external recipients of a thread the [secure] gateway started were reached (docs/gateway.md).
+    external: list[DeliveryOut] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,8 @@ def open_thread(session: Session, *, actor: Actor, thread_id: str, mark_read: bo
                               .order_by(RoutingDecision.created_at.desc(), RoutingDecision.id.desc()).limit(1)).first()
         page.routed = (why.rule, why.explanation) if why is not None else None
         page.filing = filing_for(session, actor=actor, detail=detail)
+        if detail.kind == gateway.EXTERNAL_KIND:
+            page.external = gateway.external_deliveries(session, actor=actor, thread_id=thread_id)
     return page
 
 

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from lockbox.audit.models import Alert
 from lockbox.db import Database
-from lockbox.routing.rules import Facts, RulesError, Sla, parse_rules, store_for
+from lockbox.routing.rules import Facts, RulesError, RuleStore, Sla, parse_rules, store_for
+from lockbox.routing.service import raise_rule_alerts
 from lockbox.routing.watch import RulesWatcher
 from tests.routing.conftest import Routing
 
@@ -63,6 +64,23 @@ def test_the_watcher_thread_raises_the_alert_on_its_own(routing: Routing, rules_
     finally:
         watcher.stop()
     assert len(_alerts(db)) == 1
+
+
+
+def test_two_processes_watching_one_bad_file_raise_one_alert(routing: Routing, rules_file: Path, db: Database) -> None:
+    """Each server process has its own store for the file (a second RuleStore stands for the second process)."""
+    ours, theirs = store_for(rules_file), RuleStore(rules_file, check_every_s=0)
+    ours.check_now()
+    theirs.current()
+    _rewrite(rules_file, "rules: nope\n")
+    assert RulesWatcher(db).check() is True
+    theirs.current()
+    assert theirs.pending_alerts
+    db.write_sync(lambda s: raise_rule_alerts(s, store=theirs))
+    assert len(_alerts(db)) == 1
+    _rewrite(rules_file, "rules: still nope\n")  # a new bad version is a new alert
+    assert RulesWatcher(db).check() is True
+    assert len(_alerts(db)) == 2
 
 
 HOLIDAY_RULES = """

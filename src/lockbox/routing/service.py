@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from lockbox.access import policy
 from lockbox.access.actor import Actor
+from lockbox.audit.models import Alert
 from lockbox.audit.service import raise_alert, record
 from lockbox.db.uow import publish, runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
@@ -88,8 +89,15 @@ def _raise_rule_alerts(session: Session, store: RuleStore) -> None:
         return
     event.listen(session, "after_soft_rollback", lambda *_: store.restore_alerts(alerts), once=True)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", store.path.name)[:80]
-    for _, problems in alerts:
-        raise_alert(session, kind="routing_rules_invalid", rules_file=name, problems=len(problems))
+    for mtime, problems in alerts:
+        # Every process watching the file notices the same bad version: one alert for it, not one each.
+        version = f"{name}:{mtime}"[:64]
+        if session.scalar(select(Alert.id).where(Alert.kind == "routing_rules_invalid",
+                                                 Alert.subject_type == "routing_rules",
+                                                 Alert.subject_id == version).limit(1)) is not None:
+            continue
+        raise_alert(session, kind="routing_rules_invalid", subject_type="routing_rules", subject_id=version,
+                    rules_file=name, problems=len(problems))
 
 
 def raise_rule_alerts(session: Session, *, store: RuleStore) -> None:

@@ -134,9 +134,16 @@ NOT_EMERGENCIES = [
 
 # Hand probes written after blind round 6 (one message a line): each an emergency, or each not one.
 _DATA = Path(__file__).parents[1] / "data" / "routing"
-PROBES = [line for line in (_DATA / "probe_emergencies.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
-CALM_PROBES = [line for line in (_DATA / "probe_not_emergencies.txt").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
+
+
+def _probes(pattern: str) -> list[str]:
+    """Every line of every matching file (probe_emergencies.txt, probe_emergencies_*.txt for later rounds)."""
+    return [line for path in sorted(_DATA.glob(pattern)) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+PROBES = _probes("probe_emergencies*.txt")
+CALM_PROBES = _probes("probe_not_emergencies*.txt")
 
 
 @pytest.mark.parametrize("body", PROBES, ids=[f"probe-{i:03d}" for i in range(len(PROBES))])

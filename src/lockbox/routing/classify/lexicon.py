@@ -272,5 +272,33 @@ def load_data(name: str) -> Any:
     return yaml.load(text, Loader=_WordLoader)  # noqa: S506 - a SafeLoader without the boolean resolver
 
 
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` (a file of data/lexicon.d) added to ``base``: compounds, class members, groups, new concepts and
+    combos, and patterns for a concept ``base`` already has (its id alone is enough). A lexicon grows by topic files
+    rather than one ever longer file; every file goes through the same checks at load."""
+    out = {key: (dict(value) if isinstance(value, dict) else list(value)) for key, value in base.items()}
+    out["compounds"] = list(out.get("compounds", [])) + list(extra.get("compounds", []))
+    classes = out["classes"] = dict(out.get("classes", {}))
+    for name, words in (extra.get("classes") or {}).items():
+        classes[name] = list(classes.get(name, [])) + [w for w in words if w not in classes.get(name, [])]
+    out["groups"] = {**dict(base.get("groups") or {}), **dict(extra.get("groups") or {})}
+    concepts = {str(c["id"]): dict(c) for c in out.get("concepts", [])}
+    for item in extra.get("concepts") or []:
+        known = concepts.get(str(item["id"]))
+        if known is None:
+            concepts[str(item["id"])] = dict(item)
+        else:
+            known["patterns"] = list(known["patterns"]) + [p for p in item["patterns"] if p not in known["patterns"]]
+    out["concepts"] = list(concepts.values())
+    out["combos"] = list(out.get("combos", [])) + list(extra.get("combos") or [])
+    return out
+
+
 def load() -> Lexicon:
-    return Lexicon(load_data("lexicon.yaml"))
+    data = load_data("lexicon.yaml")
+    extras = resources.files("lockbox.routing.classify").joinpath("data/lexicon.d")
+    if extras.is_dir():
+        for item in sorted(extras.iterdir(), key=lambda i: i.name):
+            if item.name.endswith(".yaml"):
+                data = merge(data, load_data(f"lexicon.d/{item.name}"))
+    return Lexicon(data)

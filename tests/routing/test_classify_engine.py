@@ -146,3 +146,62 @@ def test_a_context_literal_listed_twice_is_refused() -> None:
     data["rules"].append({"category": "NEGATED", "direction": "FORWARD", "fillers": "NO", "literals": ["denies"]})
     with pytest.raises(ValueError, match="listed twice"):
         ContextScoper(engine().lexicon, data)
+
+
+def test_a_cue_exception_for_an_unknown_cue_is_refused() -> None:
+    data = load_data("context.yaml")
+    data["cue_exceptions"] = {"no_such_cue": [["happen", "again"]]}
+    with pytest.raises(ValueError, match="unknown cues"):
+        ContextScoper(engine().lexicon, data)
+
+
+@pytest.mark.parametrize(
+    ("text", "present"),
+    [
+        ("should i be worried it will happen again", False),  # a worry about later is no recurrence
+        ("ahorita estoy bien", False),
+        ("my cholesterol came back on the portal", False),
+        ("it is happening again", True),
+        ("the pain came back", True),
+        ("ahorita no respira", True),
+    ],
+)
+def test_a_recurrence_cue_inside_an_exception_phrase_does_not_count(text: str, present: bool) -> None:
+    assert engine().context.cue_present(text.split(), "recurrence") is present
+
+
+@pytest.mark.parametrize(
+    ("text", "concept"),
+    [
+        # each was once an alternative inside a multi-word list ("winded|breathless|out of breath|...") and so
+        # never matched alone
+        ("i get winded", "breath_pain"),
+        ("i feel short winded", "breath_pain"),
+        ("shaking chills since last night", "fever_stated"),
+        ("she is postpartum", "postpartum"),
+        ("has not peed since yesterday", "anuria"),
+        ("talking to people who are not there", "paranoia"),
+        ("the redness is spreading by the hour", "spreading_fast"),
+        ("it hurts like crazy", "limb_numb_or_still"),
+        ("shaking on its own", "muscle_jerking"),
+    ],
+)
+def test_a_word_that_was_one_alternative_of_a_phrase_list_matches_alone(text: str, concept: str) -> None:
+    lexicon = engine().lexicon
+    assert concept in {m.concept for m in lexicon.match(engine().tokens(text))}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no tengo fiebre pero estoy en quimio",
+        "I don't have a fever, I'm on chemo",
+        "no he tenido fiebre, tengo trasplante",
+    ],
+)
+def test_a_negation_that_shares_its_verb_with_the_concept_negates_it(text: str) -> None:
+    # "no tengo" overlaps "tengo fiebre": the lexicon must not read a fever during chemotherapy or after a transplant
+    # (the model's net, which cannot read negation, is a separate matter)
+    analysis = engine().analyse("", text)
+    assert "fever_stated" not in analysis.affirmed and "fever" not in analysis.affirmed, analysis.affirmed
+    assert not analysis.emergencies, analysis.emergencies

@@ -37,9 +37,12 @@ class Scoped:
 def _doc_word(tok: str, vocab: frozenset[str]) -> str:
     if tok in vocab:
         return tok
-    # Digits, or a number word no rule names: "hace dos anos" reads as "hace zznum anos".
+    # Digits, or a number word no rule names: "hace dos anos" reads as "hace zznum anos"; a temperature below a
+    # fever, written with its decimal, is "zznormaltemp" ("is 99.5 a fever" asks, it reports none).
     value = number(tok) if tok else None
     if value is not None:
+        if "." in tok and (95 <= value < 100.4 or 35 <= value < 38):
+            return "zznormaltemp"
         return "zzyear" if len(tok) == 4 and 1900 <= value <= 2099 else "zznum"
     return _PLACEHOLDER
 
@@ -64,6 +67,13 @@ class ContextScoper:
         self.cues: dict[str, tuple[tuple[str, ...], ...]] = {
             name: tuple(tuple(str(w) for w in phrase) for phrase in phrases) for name, phrases in data["cues"].items()
         }
+        self._cue_exceptions: dict[str, tuple[tuple[str, ...], ...]] = {
+            name: tuple(tuple(str(w) for w in phrase) for phrase in phrases)
+            for name, phrases in data.get("cue_exceptions", {}).items()
+        }
+        unknown_cues = set(self._cue_exceptions) - set(self.cues)
+        if unknown_cues:
+            raise ValueError(f"cue exceptions name unknown cues: {sorted(unknown_cues)}")
         fillers = {name: frozenset(str(w) for w in words) for name, words in data["fillers"].items()}
         self._nlp = spacy.blank("en")
         self._context = ConText(
@@ -159,18 +169,51 @@ class ContextScoper:
         with self._lock:
             self._context(doc)
         by_span: dict[tuple[int, int, str], set[str]] = {}
+        negated_from: dict[tuple[int, int, str], int] = {}
         for target, modifier in doc._.context_graph.edges:
-            by_span.setdefault((target.start, target.end, target.label_), set()).add(modifier.category)
-        return [by_span.get((span.start, span.end, span.label_), set()) for span in spans]
+            key = (target.start, target.end, target.label_)
+            by_span.setdefault(key, set()).add(modifier.category)
+            if modifier.category in _NEGATIONS:
+                start = modifier.modifier_span[0]
+                negated_from[key] = min(start, negated_from.get(key, start))
+        found = [set(by_span.get((span.start, span.end, span.label_), set())) for span in spans]
+        # A concept that holds a negated one and shares the negation's verb ("tengo fiebre" in "no tengo fiebre",
+        # "have a fever" in "do not have a fever") is negated with it: ConText cannot see a trigger it overlaps.
+        for k, outer in enumerate(spans):
+            for inner in spans:
+                key = (inner.start, inner.end, inner.label_)
+                start = negated_from.get(key)
+                if start is not None and start < outer.start < inner.start and inner.end <= outer.end:
+                    found[k] |= by_span[key] & _NEGATIONS
+        return found
 
     def cue_present(self, tokens: Sequence[str], cue: str) -> bool:
+        """Whether a cue phrase is in the message, outside every exception phrase that holds its words without
+        meaning it ("worried it will happen again" is no recurrence)."""
         phrases = self.cues.get(cue, ())
+        excepted = _covered(tokens, self._cue_exceptions.get(cue, ()))
         n = len(tokens)
         for i in range(n):
             for phrase in phrases:
-                if tokens[i] == phrase[0] and tuple(tokens[i : i + len(phrase)]) == phrase:
+                end = i + len(phrase)
+                if (
+                    tokens[i] == phrase[0]
+                    and tuple(tokens[i:end]) == phrase
+                    and not all(k in excepted for k in range(i, end))
+                ):
                     return True
         return False
+
+
+def _covered(tokens: Sequence[str], phrases: Sequence[tuple[str, ...]]) -> frozenset[int]:
+    if not phrases:
+        return frozenset()
+    covered: set[int] = set()
+    for i in range(len(tokens)):
+        for phrase in phrases:
+            if tokens[i] == phrase[0] and tuple(tokens[i : i + len(phrase)]) == phrase:
+                covered.update(range(i, i + len(phrase)))
+    return frozenset(covered)
 
 
 def _between_check(fillers: frozenset[str] | None, *, negation: bool = False) -> Callable[[Any, Any, Any], bool]:
@@ -179,12 +222,17 @@ def _between_check(fillers: frozenset[str] | None, *, negation: bool = False) ->
     ("not" in "can't breathe") never modifies it; medspaCy's own overlap test misses a trigger strictly inside."""
 
     def check(target: Any, modifier: Any, _between: Any) -> bool:
-        if modifier.start < target.end and target.start < modifier.end:
-            return False
         doc = target.doc
+        if modifier.start < target.end and target.start < modifier.end:
+            # "no tengo" + "tengo fiebre", "do not have" + "have a fever": a negation phrase whose verb the concept
+            # shares still negates it, when its negating word stands before the concept
+            return negation and modifier.start < target.start and _negating(doc, modifier.start, target.start)
         covered = doc.user_data.get("lex_tokens", frozenset())
-        # A negation inside another concept belongs to it: the "not" of "can't pee" is no negation of "my surgery".
-        if negation and any(i in covered for i in range(modifier.start, modifier.end)):
+        # A negation inside another concept belongs to it: the "not" of "can't pee" is no negation of "my surgery"
+        # (only the negating word counts: the "tengo" of "no tengo" may be part of "tengo fiebre").
+        if negation and any(
+            i in covered and doc[i].text in _INTERNAL_NEGATION for i in range(modifier.start, modifier.end)
+        ):
             return False
         if fillers is None:
             return True
@@ -195,6 +243,10 @@ def _between_check(fillers: frozenset[str] | None, *, negation: bool = False) ->
         return all(doc[i].text in fillers or i in covered for i in range(lo, hi))
 
     return check
+
+
+def _negating(doc: Any, lo: int, hi: int) -> bool:
+    return any(doc[i].text in _INTERNAL_NEGATION for i in range(lo, hi))
 
 
 def _sentences(tokens: Sequence[str]) -> list[tuple[int, int]]:

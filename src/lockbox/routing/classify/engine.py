@@ -30,6 +30,8 @@ MODEL_URGENT = "Urgent: the triage model rates this {topic} message as urgent."
 LEXICON_URGENT = "Urgent: {names} ({topic} message)."
 ROUTINE = "Routine: {topic} message."
 SUPPRESSED_NOTE = "{name} mentioned as {how}"
+# Components that are background, not signs: a surgery ruled out ("years ago") says nothing about an emergency.
+_BACKGROUND = frozenset({"evidence", "surgery"})
 _SUPPRESSION_WORDS = {
     "NEGATED": "negated",
     "NEVER": "negated",
@@ -202,7 +204,7 @@ class Engine:
             concept = self._names.get(ident)
             if concept is None:
                 continue
-            if concept.level == "emergency" or (concept.level == "component" and concept.group != "evidence"):
+            if concept.level == "emergency" or (concept.level == "component" and concept.group not in _BACKGROUND):
                 return True
         return False
 

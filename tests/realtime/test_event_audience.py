@@ -1,9 +1,9 @@
 """Who hears of a message: each of the thread's followers once per open socket, nobody else, ids only.
 
-bench/load.py counted about 50 message events per send for threads of two people: after a patient's first
-reply, routing finds no pool for the thread (its rules' pool is not in the directory) and brings the
-patient's care team in, so every nurse of the team follows the thread from then on (ARCHITECTURE section 6,
-``routing.service._care_team_takes_it``), and each follower hears on every socket they hold.
+Followers are the thread's members, its pool's members and its assignee. Without a pool in the directory, a
+patient's first reply brings the patient's care team in instead (``routing.service._care_team_takes_it``),
+so every clinician of the team follows the thread from then on. bench/load.py counts the events per send
+against this rule (``message`` events = followers, one socket each).
 """
 
 from __future__ import annotations

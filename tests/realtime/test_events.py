@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from lockbox.db import Database
 from lockbox.identity import sessions
+from lockbox.realtime import api
 from tests.clinic import Clinic
 from tests.factories import Api, auth
 
@@ -69,3 +72,18 @@ def test_remote_wipe_reaches_the_socket_before_it_closes(client: TestClient, cli
         with pytest.raises(WebSocketDisconnect):
             ws.receive_json()
     assert Api(client, clinic.nurse).get("/threads").status_code == 401
+
+
+def test_a_client_that_goes_away_is_unsubscribed_without_waiting_for_a_recheck(
+    client: TestClient, clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "RECHECK_S", 3600.0)  # only the client's going away can end the stream
+    hub = client.app.state.lockbox.hub  # type: ignore[attr-defined]
+    with client.websocket_connect("/api/v1/events", headers=auth(clinic.nurse)) as ws:
+        assert ws.receive_json()["type"] == "ready"
+        assert hub.subscriber_count() == 1
+    for _ in range(500):
+        if hub.subscriber_count() == 0:
+            break
+        time.sleep(0.01)
+    assert hub.subscriber_count() == 0

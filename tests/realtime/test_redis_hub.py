@@ -5,17 +5,19 @@ survives Redis restarting. Two hubs on one loop stand for two processes (the sca
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
 from lockbox.app import create_app
 from lockbox.clock import FrozenClock
 from lockbox.config import Settings
-from lockbox.realtime.hub import Subscriber
+from lockbox.realtime.hub import Hub, Subscriber
 from lockbox.realtime.redis_hub import RedisHub
 from tests.factories import Api, auth, make_pool, make_team, make_user
 from tests.serverproc import RedisServer
@@ -31,11 +33,11 @@ async def _connected(*hubs: RedisHub) -> None:
 
 
 async def _drain(sub: Subscriber, quiet_s: float = 0.3) -> list[dict[str, Any]]:
-    """Everything the subscriber gets until nothing more comes for ``quiet_s``."""
+    """Everything the subscriber gets until nothing more comes for ``quiet_s`` (frames are JSON text)."""
     events = []
     while True:
         try:
-            events.append(await asyncio.wait_for(sub.queue.get(), quiet_s))
+            events.append(json.loads(await asyncio.wait_for(sub.queue.get(), quiet_s)))
         except TimeoutError:
             return events
 
@@ -155,3 +157,86 @@ def test_the_server_uses_the_redis_hub_when_configured(
             while not kinds or kinds[-1] != "probe":
                 kinds.append(ws.receive_json()["type"])
             assert first["type"] not in kinds
+
+
+def test_a_burst_from_the_writer_crosses_redis_as_one_message_in_order(redis_url: str, redis_prefix: str) -> None:
+    """A group commit hands over many events at once: one wake-up of the loop, one PUBLISH, same order."""
+    async def scenario() -> None:
+        channel = f"{redis_prefix}:events"
+        a, b = RedisHub(redis_url, channel=channel), RedisHub(redis_url, channel=channel)
+        loop = asyncio.get_running_loop()
+        a.bind(loop)
+        b.bind(loop)
+        await _connected(a, b)
+        spy = aioredis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+        await spy.subscribe(channel)
+        on_b = b.subscribe("u1", "s1")
+
+        def writer() -> None:  # one batch's after-commit callbacks, back to back
+            for n in range(50):
+                a.publish(["u1", "u2"], {"type": "message", "thread_id": "t1", "seq": n})
+            a.end_sessions(["s9"], False)
+
+        await asyncio.to_thread(writer)
+        events = await _drain(on_b)
+        assert [e["seq"] for e in events] == list(range(50))
+        messages = []
+        for _ in range(20):  # None for the subscription's own confirmation, then when nothing is left
+            m = await spy.get_message(timeout=0.1)
+            if m is not None:
+                messages.append(m["data"])
+        assert len(messages) < 50, "a burst is not one PUBLISH per event"
+        assert sum(m.count(b"\n") for m in messages) == 51  # 50 events and one ended session, origin lines aside
+        await spy.aclose()
+        await a.aclose()
+        await b.aclose()
+
+    _run(scenario)
+
+
+def test_a_malformed_message_on_the_channel_is_ignored(redis_url: str, redis_prefix: str) -> None:
+    async def scenario() -> None:
+        channel = f"{redis_prefix}:events"
+        hub = RedisHub(redis_url, channel=channel)
+        hub.bind(asyncio.get_running_loop())
+        await _connected(hub)
+        sub = hub.subscribe("u1", "s1")
+        client = aioredis.Redis.from_url(redis_url)
+        for junk in (b"other\nnot a line", b"other\nx\tu1\t{}", b"\xff\xfe", b"other\nu\t\t{}"):
+            await client.publish(channel, junk)
+        await client.publish(channel, b'other\nu\tu1\t{"type":"message","thread_id":"t1"}')
+        assert await _drain(sub) == [{"type": "message", "thread_id": "t1"}]
+        await client.aclose()
+        await hub.aclose()
+
+    _run(scenario)
+
+
+def test_an_event_is_encoded_once_for_every_socket_it_reaches() -> None:
+    async def scenario() -> None:
+        hub = Hub()
+        hub.bind(asyncio.get_running_loop())
+        subs = [hub.subscribe("u1", f"s{n}") for n in range(3)] + [hub.subscribe("u2", "s9")]
+        hub.publish(["u1", "u2"], {"type": "message", "thread_id": "t1"})
+        frames = [s.queue.get_nowait() for s in subs]
+        assert all(f is frames[0] for f in frames)
+        assert json.loads(frames[0]) == {"type": "message", "thread_id": "t1"}
+
+    _run(scenario)
+
+
+def test_a_hub_bound_again_delivers_what_waited_and_keeps_delivering() -> None:
+    """A restarted app binds its hub to a new loop: a hand-over left pending on the old one is not lost."""
+    hub = Hub()
+    old = asyncio.new_event_loop()
+    hub.bind(old)
+    hub.publish(["u1"], {"type": "message", "thread_id": "t1"})  # scheduled on a loop that will never run
+    old.close()
+
+    async def scenario() -> None:
+        hub.bind(asyncio.get_running_loop())
+        sub = hub.subscribe("u1", "s1")
+        await asyncio.to_thread(hub.publish, ["u1"], {"type": "message", "thread_id": "t2"})
+        assert [e["thread_id"] for e in await _drain(sub)] == ["t1", "t2"]
+
+    _run(scenario)

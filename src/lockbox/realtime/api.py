@@ -71,15 +71,11 @@ async def events(ws: WebSocket) -> None:
     _watch_sessions(app_state)
     await ws.send_json({"type": "ready", "user_id": actor.user_id})
     reader = asyncio.create_task(_drain_client(ws))
+    # A client that goes away ends the stream: no timeout per event needed to notice it.
+    reader.add_done_callback(lambda _: sub.close())
     try:
-        while not reader.done():
-            try:
-                event = await asyncio.wait_for(sub.queue.get(), RECHECK_S)
-            except TimeoutError:
-                continue  # only to notice a client that went away
-            if event is CLOSE or event.get("type") == "_close":
-                break
-            await ws.send_json(event)
+        while (frame := await sub.queue.get()) is not CLOSE:
+            await ws.send_text(frame)  # encoded once by the hub for every socket it reaches
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:

@@ -5,29 +5,31 @@ Each process delivers what it publishes to its own sockets at once and sends it 
 others; it ignores its own messages coming back, so nothing is delivered twice. Redis is reached only
 from the event loop: the writer thread hands events over with ``call_soon_threadsafe`` and never waits.
 Events are ids only (no PHI), so nothing sensitive crosses Redis.
+
+A Redis message carries a burst: the origin on its first line, then one line per event, ``u<TAB>user
+ids<TAB>the event's JSON`` (forwarded to sockets as it is, never decoded) or ``s<TAB>session ids<TAB>1|0``
+(end those sessions, wiping or not). Ids are hex and compact JSON holds no tab or newline. Every
+process of an installation runs the same version, as they share one database schema.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterable
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from lockbox.realtime.hub import Hub
+from lockbox.realtime.hub import RESYNC, Hub, Item
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "lockbox:events"
-# Held while Redis is unreachable; beyond it the oldest events are dropped (clients re-sync on "resync").
+# Bursts held while Redis is unreachable; beyond it the oldest are dropped (clients re-sync on "resync").
 OUTBOX_MAX = 10_000
 RECONNECT_MAX_S = 5.0
 
@@ -53,18 +55,6 @@ class RedisHub(Hub):
         self.connected = asyncio.Event()
         self._tasks = [loop.create_task(self._publisher(), name="lockbox-redis-publish"),
                        loop.create_task(self._listener(), name="lockbox-redis-listen")]
-
-    def publish(self, user_ids: Iterable[str], event: dict[str, Any]) -> None:
-        users = list(user_ids)
-        if not users:
-            return
-        self._call(self._deliver_and_send, users, event)
-
-    def end_sessions(self, session_ids: Iterable[str], wipe: bool) -> None:
-        sessions = list(session_ids)
-        if not sessions:
-            return
-        self._call(self._end_and_send, sessions, wipe)
 
     async def aclose(self, flush_s: float = 1.0) -> None:
         """Stop, after a short wait for what is still on its way to Redis (the last commits' events)."""
@@ -111,15 +101,14 @@ class RedisHub(Hub):
 
     # -- on the event loop -----------------------------------------------------------------------------
 
-    def _deliver_and_send(self, users: list[str], event: dict[str, Any]) -> None:
-        self._deliver(users, event)
-        self._send({"o": self.origin, "u": users, "e": event})
+    def _dispatch(self, items: list[Item]) -> None:
+        super()._dispatch(items)
+        # Lines of a burst; the publisher joins what is waiting into one Redis message, since a PUBLISH and
+        # every other process's parsing cost per message, not per event.
+        self._send("\n".join(f"{kind}\t{','.join(ids)}\t{arg if kind == 'u' else int(bool(arg))}"
+                             for kind, ids, arg in items))
 
-    def _end_and_send(self, sessions: list[str], wipe: bool) -> None:
-        self._end(sessions, wipe)
-        self._send({"o": self.origin, "s": sessions, "w": wipe})
-
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, lines: str) -> None:
         outbox = self._outbox
         if outbox is None:
             return
@@ -128,7 +117,7 @@ class RedisHub(Hub):
             with contextlib.suppress(asyncio.QueueEmpty):
                 outbox.get_nowait()
                 outbox.task_done()
-        outbox.put_nowait(json.dumps(message, separators=(",", ":")))
+        outbox.put_nowait(lines)
 
     def _client(self) -> aioredis.Redis:
         return aioredis.Redis.from_url(self.url, socket_connect_timeout=2, socket_keepalive=True,
@@ -146,11 +135,8 @@ class RedisHub(Hub):
                     while len(batch) < 256 and not outbox.empty():
                         batch.append(outbox.get_nowait())
                     try:
-                        # One round trip for a burst: group commit hands events over in bursts too.
-                        async with client.pipeline(transaction=False) as pipe:
-                            for payload in batch:
-                                pipe.publish(self.channel, payload)
-                            await pipe.execute()
+                        # What piled up while the last PUBLISH was on its way goes out as one message.
+                        await client.publish(self.channel, "\n".join([self.origin, *batch]))
                     except (RedisError, OSError):
                         # Put the burst back in front, in order, and reconnect.
                         pending = batch + _take_all(outbox)
@@ -201,20 +187,26 @@ class RedisHub(Hub):
 
     def _receive(self, data: bytes | str) -> None:
         try:
-            message = json.loads(data)
-            if not isinstance(message, dict) or message.get("o") == self.origin:
-                return
-            if "u" in message:
-                self._deliver([str(u) for u in message["u"]], dict(message["e"]))
-            elif "s" in message:
-                self._end([str(s) for s in message["s"]], bool(message.get("w")))
-        except (ValueError, TypeError, KeyError):
+            text = data.decode() if isinstance(data, bytes) else data
+        except UnicodeDecodeError:
             log.warning("realtime: ignored a malformed message from Redis")
+            return
+        origin, _, body = text.partition("\n")
+        if origin == self.origin:
+            return
+        items: list[Item] = []
+        for line in body.split("\n"):
+            kind, ids, arg = [*line.split("\t", 2), "", ""][:3]
+            if kind not in ("u", "s") or not ids or not arg:
+                log.warning("realtime: ignored a malformed message from Redis")
+                return
+            items.append((kind, ids.split(","), arg if kind == "u" else arg == "1"))
+        super()._dispatch(items)
 
     def _resync(self) -> None:
         for subs in list(self._by_user.values()):
             for sub in list(subs):
-                sub.offer({"type": "resync"})
+                sub.offer(RESYNC)
 
 
 def _take_all(queue: asyncio.Queue[str]) -> list[str]:

@@ -19,6 +19,7 @@ from lockbox.db import Database
 from lockbox.db.uow import Runtime
 from lockbox.http import AppState, SecurityHeaders, install_error_handlers
 from lockbox.realtime.hub import Hub
+from lockbox.routing.screening import ScreeningPool
 
 # Allocations between collections of the youngest generation (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 20_000
@@ -48,11 +49,20 @@ def make_hub(settings: Settings) -> Hub:
 _heap_frozen = threading.Event()
 
 
-def _warm_up_triage() -> None:
+def _warm_up_triage(screening: ScreeningPool | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
     from lockbox.routing.classify import warm_up
 
     warm_up()
     _freeze_heap()
+    # The helpers are forked now, warm and frozen, so they share the engine's memory with the server.
+    if screening is not None and loop is not None and screening.fork():
+        asyncio.run_coroutine_threadsafe(screening.connect(), loop)
+
+
+def triage_processes(settings: Settings) -> int:
+    if settings.triage_processes is not None:
+        return settings.triage_processes
+    return 0 if settings.env == "test" else 1
 
 
 def _freeze_heap() -> None:
@@ -84,10 +94,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from lockbox.jobs.worker import Worker
 
-        hub.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        hub.bind(loop)
+        screening: ScreeningPool | None = None
+        if triage_processes(settings):
+            screening = app.state.lockbox_screening = ScreeningPool(triage_processes(settings))
         # The triage model trains on first use (seconds): do it now, off the event loop, not on a
         # patient's first message.
-        threading.Thread(target=_warm_up_triage, name="lockbox-warm-up", daemon=True).start()
+        threading.Thread(target=_warm_up_triage, args=(screening, loop), name="lockbox-warm-up", daemon=True).start()
         running = [Worker(db) for _ in range(workers)]
         for worker in running:
             worker.start()
@@ -107,6 +121,8 @@ def create_app(
             worker.stop()
         rules_watcher.stop()
         await hub.aclose()
+        if screening is not None:
+            screening.close()
         db.close()
 
     app = FastAPI(

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Group commit: how many units of work one SQLite/PostgreSQL transaction may carry.
     commit_batch_max: int = Field(default=256, ge=1)
+    # Helper processes that run the emergency check of patients' replies on another core (0: in the
+    # server); unset: one, none when env is "test".
+    triage_processes: int | None = Field(default=None, ge=0, le=8)
     # Signed audit checkpoint every N rows (and at shutdown).
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     # Notifications (PHI-free). Email goes over SMTP when smtp_host is set, else to the file provider.

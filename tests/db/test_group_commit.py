@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
+import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from lockbox.app import build_database
@@ -16,6 +19,7 @@ from lockbox.audit.service import record
 from lockbox.clock import FrozenClock
 from lockbox.config import Settings
 from lockbox.db import Database
+from lockbox.db.prepared import Prepared
 from lockbox.directory.models import Location
 from lockbox.errors import InvalidInput
 
@@ -48,6 +52,43 @@ def test_concurrent_units_commit_independently(standalone_db: Database) -> None:
     for i, row in enumerate(rows, start=1):
         assert row.seq == i and row.prev_hash == prev and row.hash == row_hash(i, row, prev)
         prev = row.hash
+
+
+_INSERT_LOCATION = Prepared(insert(cast(Table, Location.__table__)).values(id=bindparam("b_id"), name="x"))
+
+
+def _mixed(session: Session, *, n: int) -> int:
+    """Units that fail in each place a savepoint matters: before any statement, at their first prepared
+    statement (on PostgreSQL sent in one pipeline with the savepoint), after an ORM write."""
+    kind = n % 4
+    if kind == 1:
+        raise InvalidInput("fails before any statement")
+    _INSERT_LOCATION.run(session, b_id="taken" if kind == 2 else f"mixed-{n}")
+    record(session, action="test.location.add", actor_id="tester", subject_id=f"mixed-{n}")
+    if kind == 3:
+        session.add(Location(id=f"orm-{n}", name="x"))
+        session.flush()
+        raise InvalidInput("fails after writing")
+    return n
+
+
+def test_a_failing_unit_rolls_back_alone_wherever_it_fails(standalone_db: Database) -> None:
+    db = standalone_db
+    db.write_sync(lambda s: s.add(Location(id="taken", name="x")))
+    futures = [db.submit(_mixed, n=n) for n in range(1, 101)]
+    done = {}
+    for n, f in enumerate(futures, start=1):
+        try:
+            done[n] = f.result()
+        except InvalidInput:
+            done[n] = "invalid"
+        except (sqlite3.IntegrityError, psycopg.IntegrityError):  # a prepared statement's driver error
+            done[n] = "duplicate"
+    assert done == {n: {0: n, 1: "invalid", 2: "duplicate", 3: "invalid"}[n % 4] for n in done}
+    locations = db.read_sync(lambda s: set(s.scalars(select(Location.id))))
+    assert locations == {"taken"} | {f"mixed-{n}" for n in range(1, 101) if n % 4 == 0}
+    audited = db.read_sync(lambda s: set(s.scalars(select(AuditRow.subject_id))))
+    assert audited == {f"mixed-{n}" for n in range(1, 101) if n % 4 == 0}
 
 
 def test_units_from_many_threads(standalone_db: Database) -> None:

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from lockbox.db.prepared import PENDING_SAVEPOINT
 from lockbox.db.uow import Credentials, Runtime
 
 log = logging.getLogger(__name__)
@@ -95,11 +96,50 @@ def _fast_savepoints(engine: Engine) -> None:
         connection.connection.driver_connection.execute(sql)  # type: ignore[union-attr]
 
     # Instance attributes shadow the dialect's methods for this engine only.
+    if dialect.name == "postgresql":
+        _postgresql_savepoints(engine, run)
+        return
     setattr(dialect, "do_savepoint", lambda connection, name: run(connection, f"SAVEPOINT {name}"))  # noqa: B010
     setattr(dialect, "do_release_savepoint",  # noqa: B010
             lambda connection, name: run(connection, f"RELEASE SAVEPOINT {name}"))
     setattr(dialect, "do_rollback_to_savepoint",  # noqa: B010
             lambda connection, name: run(connection, f"ROLLBACK TO SAVEPOINT {name}"))
+
+
+def _postgresql_savepoints(engine: Engine, run: Callable[[Connection, str], None]) -> None:
+    """On PostgreSQL every statement is a round trip the writer waits for, two of them per unit for its
+    savepoint alone. SAVEPOINT is therefore held back and sent with the unit's first statement (one
+    pipeline, ``lockbox.db.prepared``; before it, for any other statement). RELEASE is not sent: it changes
+    nothing the batch's COMMIT does not, the next unit's savepoint nesting in this one; a unit that fails
+    rolls back to its own, innermost, savepoint, and COMMIT keeps every unit not rolled back. (A released
+    subtransaction's id stays with the transaction until its end either way.)"""
+    dialect = engine.dialect
+
+    def savepoint(connection: Connection, name: str) -> None:
+        connection.connection.info[PENDING_SAVEPOINT] = f"SAVEPOINT {name}"
+
+    def release(connection: Connection, name: str) -> None:
+        connection.connection.info.pop(PENDING_SAVEPOINT, None)
+
+    def rollback_to(connection: Connection, name: str) -> None:
+        # Still held back: nothing ran since, there is nothing to undo.
+        if connection.connection.info.pop(PENDING_SAVEPOINT, None) is None:
+            run(connection, f"ROLLBACK TO SAVEPOINT {name}")
+
+    setattr(dialect, "do_savepoint", savepoint)  # noqa: B010
+    setattr(dialect, "do_release_savepoint", release)  # noqa: B010
+    setattr(dialect, "do_rollback_to_savepoint", rollback_to)  # noqa: B010
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _send_savepoint(conn: Connection, *_: Any) -> None:
+        pending = conn.connection.info.pop(PENDING_SAVEPOINT, None)
+        if pending is not None:
+            run(conn, pending)
+
+    @event.listens_for(engine, "commit")
+    @event.listens_for(engine, "rollback")
+    def _forget_savepoint(conn: Connection) -> None:
+        conn.connection.info.pop(PENDING_SAVEPOINT, None)
 
 
 @dataclass(eq=False)

@@ -23,6 +23,9 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
+# A SAVEPOINT held back by the writer (``lockbox.db.engine``, PostgreSQL), in the driver connection's
+# ``info``: the next statement sends it in the same pipeline, one round trip for both.
+PENDING_SAVEPOINT = "lockbox.pending_savepoint"
 
 
 class _Form(NamedTuple):
@@ -74,8 +77,15 @@ class Prepared:
         for name, proc in form.binds:
             values[name] = proc(values[name])
         args: Any = values if form.positional is None else tuple(values[name] for name in form.positional)
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(form.sql, args)
+        driver: Any = conn.connection.driver_connection
+        cursor = driver.cursor()
+        savepoint = conn.connection.info.pop(PENDING_SAVEPOINT, None) if dialect.name == "postgresql" else None
+        if savepoint is None:
+            cursor.execute(form.sql, args)
+        else:
+            with driver.pipeline():  # leaving it waits for both results; an error of either is raised
+                driver.execute(savepoint)
+                cursor.execute(form.sql, args)
         return form, cursor
 
     def _row(self, form: _Form, raw: Any) -> Any:

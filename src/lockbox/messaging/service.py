@@ -54,7 +54,7 @@ from lockbox.messaging.models import Attachment, Correspondent, Message, Partici
 from lockbox.messaging.sealing import ThreadCipher
 from lockbox.notify import service as notify
 from lockbox.routing import service as routing
-from lockbox.routing.models import RoutingDecision
+from lockbox.routing.models import RoutingDecision, RoutingState
 
 # What may be attached, decided from the bytes themselves, never from the name or declared type.
 ALLOWED_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"}
@@ -400,21 +400,24 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
 # -- replying and receipts -----------------------------------------------------------------------
 
 
-def reply(session: Session, *, actor: Actor, thread_id: str, body: str) -> schemas.MessageOut:
+def reply(session: Session, *, actor: Actor, thread_id: str, body: str,
+          screened: Any = routing.UNSCREENED) -> schemas.MessageOut:
     """Add a message; the sender becomes a member of the thread. The hot path: prepared statements only,
     and the access check also brings who follows the thread and how its patient can be reached (on
-    PostgreSQL each statement is a round trip)."""
+    PostgreSQL each statement is a round trip). ``screened``: the emergency check of ``body``, when the
+    request already had it run (``routing.screening``); used only if the sender turns out a patient."""
     thread = policy.thread_facts_for_write(session, actor, thread_id, extra=_REPLY_EXTRA)
     followers = {uid for uid in f"{thread.members or ''},{thread.pool_members or ''}".split(",") if uid}
     patient = notify.Recipient(thread.patient_id, thread.patient_role, thread.patient_email, thread.patient_phone,
                                bool(thread.patient_active)) if thread.patient_role is not None else None
-    return _append(session, actor, thread, body, known=(followers, patient))
+    return _append(session, actor, thread, body, known=(followers, patient), screened=screened)
 
 
 _threads = cast(Table, Thread.__table__)
 _messages = cast(Table, Message.__table__)
 _participants = cast(Table, Participant.__table__)
 _pool_members = cast(Table, PoolMember.__table__)
+_routing_states = cast(Table, RoutingState.__table__)
 # The send path's statements, built once (bind names must differ from column names in SET clauses).
 _BUMP = Prepared(
     update(_threads)
@@ -456,8 +459,13 @@ def _send_pg() -> Prepared:
            .values(kind="member", last_read_seq=bump.c.seq, last_delivered_seq=bump.c.seq,
                    last_read_at=bindparam("b_now"))
            .returning(_participants.c.user_id)).cte("own")
+    # The thread's response clock too, which a patient's reply reads next (a staff reply ignores it).
+    clocked = select(_routing_states.c.thread_id).where(_routing_states.c.thread_id == bindparam("b_thread"))
+    pending = select(_routing_states.c.pending_seq).where(_routing_states.c.thread_id == bindparam("b_thread"))
     return Prepared(select(bump.c.seq, bump.c.uses,
-                           select(func.count()).select_from(own).scalar_subquery().label("own")).add_cte(message))
+                           select(func.count()).select_from(own).scalar_subquery().label("own"),
+                           clocked.exists().label("clocked"),
+                           pending.scalar_subquery().label("pending_seq")).add_cte(message))
 
 
 _SEND_PG = _send_pg()
@@ -490,7 +498,8 @@ _FOLLOWERS = Prepared(union(
 
 def _append(session: Session, actor: Actor, thread: Any, body: str,
             attachment: tuple[str, str, bytes] | None = None,
-            known: tuple[set[str], notify.Recipient | None] | None = None) -> schemas.MessageOut:
+            known: tuple[set[str], notify.Recipient | None] | None = None,
+            screened: Any = routing.UNSCREENED) -> schemas.MessageOut:
     """``thread``: the ORM Thread or the row of ``policy.thread_facts_for_write``; ``known``: the
     thread's followers before this message and its patient's account, read with it."""
     rt = runtime_of(session)
@@ -499,6 +508,7 @@ def _append(session: Session, actor: Actor, thread: Any, body: str,
     message_id = new_id()
     cipher = ThreadCipher.open(rt.keyring, thread.id, thread.key_version, thread.data_key_wrapped)
     joined: bool | None = None
+    clock: Any = routing.UNREAD
     if session.connection().dialect.name == "postgresql" and attachment is None:
         # One round trip: sequence, message and own receipt in one statement. The body is sealed before
         # the sequence is known, so the key's budget is checked first against the uses just read.
@@ -509,6 +519,7 @@ def _append(session: Session, actor: Actor, thread: Any, body: str,
         if sent is None:
             raise NotFound()
         seq, total_uses, joined = int(sent.seq), int(sent.uses), bool(sent.own)
+        clock = sent if sent.clocked else None
         if total_uses >= aead.SEAL_LIMIT:  # another process sent meanwhile: this one is rolled back
             raise KeyExhausted("thread data key reached its seal budget")
     else:
@@ -540,7 +551,7 @@ def _append(session: Session, actor: Actor, thread: Any, body: str,
     auto_reply: str | None = None
     if actor.is_patient:
         decision = routing.route_patient_reply(session, thread_id=thread.id, patient_id=actor.user_id, body=body,
-                                               seq=seq)
+                                               seq=seq, screened=screened, clock=clock)
         if decision is not None:
             routing.record_decision(session, thread_id=thread.id, message_id=message_id, decision=decision)
             auto_reply = decision.auto_reply

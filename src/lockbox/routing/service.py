@@ -11,15 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import event, func, select
+from sqlalchemy import Table, bindparam, event, func, select
 from sqlalchemy.orm import Session
 
 from lockbox.access import policy
 from lockbox.access.actor import Actor
 from lockbox.audit.models import Alert
 from lockbox.audit.service import raise_alert, record
+from lockbox.db.prepared import Prepared
 from lockbox.db.uow import publish, runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import Forbidden, InvalidInput, NotFound
@@ -233,22 +234,47 @@ def _clinician(session: Session, user_id: str | None) -> bool:
     return row is not None and row[1] and row[0] != Role.patient and row[0] not in NO_CONTENT_ROLES
 
 
+class _Unscreened:
+    """No emergency check has run on the text yet (``None`` is a check that found no emergency)."""
+
+    def __repr__(self) -> str:
+        return "UNSCREENED"
+
+
+UNSCREENED: Any = _Unscreened()
+# The caller has not read the thread's response clock (else: its row with ``pending_seq``, or None).
+UNREAD: Any = object()
+_routing_states = cast(Table, RoutingState.__table__)
+_CLOCK = Prepared(select(_routing_states.c.pending_seq).where(_routing_states.c.thread_id == bindparam("b_thread")))
+
+
 def route_patient_reply(
-    session: Session, *, thread_id: str, patient_id: str, body: str, seq: int | None = None
+    session: Session, *, thread_id: str, patient_id: str, body: str, seq: int | None = None,
+    screened: Triage | None = UNSCREENED, clock: Any = UNREAD,
 ) -> Decision | None:
     """A patient's reply pays only for the emergency check. An emergent reply re-triages the thread
-    (returned as a Decision with its auto-reply); any other reply only restarts a stopped response clock."""
-    from lockbox.routing.classify import emergency_check
+    (returned as a Decision with its auto-reply); any other reply only restarts a stopped response clock.
+    ``screened``: ``emergency_check(body)`` already run elsewhere (``routing.screening``), else it runs here;
+    ``clock``: the thread's response clock (``pending_seq``) or None, when the caller's statement read it."""
+    if screened is UNSCREENED:
+        from lockbox.routing.classify import emergency_check
 
-    triage = emergency_check(body)
-    state = session.get(RoutingState, thread_id)
+        triage = emergency_check(body)
+    else:
+        triage = screened
     now = runtime_of(session).clock.now()
     if triage is None:
-        if state is None and seq is not None:
+        # Most replies find a clock already running: one prepared read, no ORM object.
+        if clock is UNREAD:
+            clock = _CLOCK.first(session, b_thread=thread_id)
+        if clock is None and seq is not None:
             return route_first_reply(session, thread_id=thread_id, patient_id=patient_id, body=body, seq=seq)
-        if state is not None and state.pending_seq is None and seq is not None:
-            escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
+        if clock is not None and clock.pending_seq is None and seq is not None:
+            state = session.get(RoutingState, thread_id)
+            if state is not None:
+                escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
         return None
+    state = session.get(RoutingState, thread_id)
     thread = session.get(Thread, thread_id)
     if thread is None:
         return None
@@ -664,5 +690,5 @@ def run_escalation(session: Session, payload: dict[str, Any]) -> None:
 
 from lockbox.routing import tasks as _tasks  # noqa: E402  (registers the job handlers on import)
 
-__all__ = ["Decision", "_tasks", "record_decision", "route_first_reply", "route_patient_message", "route_patient_reply",
-           "screen_addressed"]
+__all__ = ["UNREAD", "UNSCREENED", "Decision", "_tasks", "record_decision", "route_first_reply",
+           "route_patient_message", "route_patient_reply", "screen_addressed"]

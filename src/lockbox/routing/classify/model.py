@@ -1,5 +1,5 @@
 """Topic and urgency, and an emergency safety net: TF-IDF word and character n-grams, logistic regression,
-trained on first use from the corpus shipped in the package (train split only); nothing downloaded or unpickled."""
+trained on first use from data shipped in the package (never the test split); nothing downloaded or unpickled."""
 
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ class Record:
     split: str
 
 
-def load_corpus(text: str | None = None) -> list[Record]:
-    """The shipped corpus, or JSONL text of the same shape (id, lang, subject, body, urgency, topic, split)."""
+def load_corpus(text: str | None = None, name: str = "corpus.jsonl") -> list[Record]:
+    """A corpus shipped in the package (by default the one with the train and test splits), or JSONL text of the
+    same shape (id, lang, subject, body, urgency, topic, split)."""
     if text is None:
-        text = resources.files("lockbox.routing.classify").joinpath("data/corpus.jsonl").read_text(encoding="utf-8")
+        text = resources.files("lockbox.routing.classify").joinpath(f"data/{name}").read_text(encoding="utf-8")
     out = []
     for line in text.splitlines():
         if line.strip():
@@ -133,22 +134,31 @@ class _FastLinear:
 
 
 # The topic and urgency models see the lexicon's findings as extra words, so they learn what a negated emergency
-# looks like. The emergency net sees the words alone, so that its mistakes are not the lexicon's: it is there for
-# phrasings no lexicon entry covers yet.
+# looks like, and what an emergency the lexicon has no entry for looks like next to one it has. The emergency net
+# sees the words alone, so that its mistakes are not the lexicon's: it is there for phrasings no lexicon entry
+# covers yet. Only the urgency model learns from the blind rounds as well; the topic model and the net keep to the
+# train split (in_train), so that topics, and the routes that follow them, stay as they were.
 class TriageModel:
     def __init__(
-        self, texts: Sequence[str], plain: Sequence[str], topics: Sequence[str], urgencies: Sequence[str]
+        self,
+        texts: Sequence[str],
+        plain: Sequence[str],
+        topics: Sequence[str],
+        urgencies: Sequence[str],
+        in_train: Sequence[bool] | None = None,
     ) -> None:
         from sklearn.linear_model import LogisticRegression
 
+        chosen = np.ones(len(texts), dtype=bool) if in_train is None else np.asarray(in_train, dtype=bool)
         self.features = _Features()
         x = self.features.fit_transform(texts)
-        self.topic = LogisticRegression(C=20.0, max_iter=4000, class_weight="balanced").fit(x, list(topics))
+        self.topic = LogisticRegression(C=20.0, max_iter=4000, class_weight="balanced")
+        self.topic.fit(x[chosen], [t for t, keep in zip(topics, chosen, strict=True) if keep])
         self.urgency = LogisticRegression(C=10.0, max_iter=4000, class_weight="balanced").fit(x, list(urgencies))
         self.plain = _Features()
-        xp = self.plain.fit_transform(plain)
+        xp = self.plain.fit_transform([t for t, keep in zip(plain, chosen, strict=True) if keep])
         self.net = LogisticRegression(C=5.0, max_iter=4000, class_weight="balanced")
-        self.net.fit(xp, [u == "emergency" for u in urgencies])
+        self.net.fit(xp, [u == "emergency" for u, keep in zip(urgencies, chosen, strict=True) if keep])
         self._fast_features = _FastFeatures(self.features)
         self._fast_plain = _FastFeatures(self.plain)
         self._topic = _FastLinear(self.topic)
@@ -157,6 +167,10 @@ class TriageModel:
 
     def emergency_probability(self, plain: str) -> float:
         return float(self._net.proba(*self._fast_plain(plain))[self._net.classes.index(True)])
+
+    def urgency_emergency_probability(self, text: str) -> float:
+        """The urgency model's emergency share alone (no topic): what a reply's emergency check pays for."""
+        return float(self._urgency.proba(*self._fast_features(text))[self._urgency.classes.index("emergency")])
 
     def predict(self, text: str, plain: str) -> Prediction:
         idx, val = self._fast_features(text)

@@ -15,9 +15,9 @@ from lockbox.routing.classify.model import load_corpus
 
 EXTRA = load_corpus(name="corpus_extra.jsonl")
 BY_ID = {r.id: r for r in EXTRA}
-# Blind-round emergencies the lexicon missed when they were written (a leg clot after a knee replacement, a toddler
-# and a grandparent's pill box, a curtain over the sight, a teenager's farewell in Spanish).
-RAISED = ["blind13-en-002", "blind11-en-073", "blind13-en-063", "blind13-es-009"]
+# Blind-round emergencies the lexicon missed when they were written, which the model rates an emergency from their
+# words alone (a leg clot after a knee replacement, a toddler and a grandparent's pill box, and two from round 15).
+RAISED = ["blind13-en-002", "blind11-en-073", "blind15-en-032", "blind15-es-020"]
 
 
 def _key(body: str) -> str:
@@ -62,14 +62,15 @@ def test_the_model_leaves_an_ordinary_message_alone(body: str) -> None:
     assert classify("", body).urgency != "emergency" and emergency_check(body) is None
 
 
-def test_a_model_raise_never_overrides_context() -> None:
-    # Would be raised on its words, but the lexicon named the emergency and ConText ruled it out: the verdict stands.
-    record = BY_ID["blind11-en-067"]
-    analysis = engine().analyse(record.subject, record.body)
-    model = engine().model
-    assert model is not None and not analysis.emergencies and analysis.suppressed
-    assert model.urgency_emergency_probability(analysis.model_text()) >= MODEL_EMERGENCY_THRESHOLD
-    assert "model:urgency:emergency" not in classify(record.subject, record.body).signals
+def test_a_model_raise_never_overrides_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A net that raises everything: what ConText ruled out stays ruled out; anything else is raised.
+    from lockbox.routing.classify import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MODEL_EMERGENCY_THRESHOLD", 0.0)
+    ruled_out = "denies chest pain, denies shortness of breath, denies passing out, denies slurred speech"
+    assert engine().analyse("", ruled_out).suppressed
+    assert classify("", ruled_out).urgency != "emergency" and emergency_check(ruled_out) is None
+    assert classify("", "i need to reschedule my appointment on tuesday").urgency == "emergency"
 
 
 def test_the_fast_emergency_share_matches_scikit_learn() -> None:

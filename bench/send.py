@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 import httpx  # noqa: E402
-import psycopg  # noqa: E402
+from bench.common import cpu_seconds, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from tests.factories import Person, make_pool, make_team, make_user  # noqa: E402
@@ -42,7 +42,6 @@ PATIENTS = 16
 NURSES = 4
 WARMUP_S = 2
 SEND_LIMIT = "2000/second;120000/minute"  # per account; the production default is 200/second
-PG_ADMIN_DSN = os.environ.get("LOCKBOX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 # Wide enough for the table when the output goes to a file or a pipe, not a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -113,12 +112,6 @@ def ensure_wrk() -> str:
     return found
 
 
-def _cpu_seconds(pid: int) -> float:
-    # utime + stime of every thread of the process (fields 14 and 15 of /proc/PID/stat).
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _helpers_cpu_seconds(pid: int) -> float:
     """CPU of the server's child processes (the emergency-check helpers), alive ones only."""
     total = 0.0
@@ -129,12 +122,12 @@ def _helpers_cpu_seconds(pid: int) -> float:
             continue
         for child in children:
             with contextlib.suppress(OSError):  # it exited meanwhile
-                total += _cpu_seconds(int(child))
+                total += cpu_seconds(int(child))
     return total
 
 
 def run_wrk(wrk: str, server: ServerProcess, path: str, script: Path, connections: int, seconds: int) -> Run:
-    before_server = _cpu_seconds(server.pid)
+    before_server = cpu_seconds(server.pid)
     before_helpers = _helpers_cpu_seconds(server.pid)
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # One wrk thread: with 2 cores the generator must leave the server a core of its own.
@@ -144,7 +137,7 @@ def run_wrk(wrk: str, server: ServerProcess, path: str, script: Path, connection
         check=True, capture_output=True, text=True,
     ).stdout
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu = _cpu_seconds(server.pid) - before_server
+    server_cpu = cpu_seconds(server.pid) - before_server
     helpers_cpu = _helpers_cpu_seconds(server.pid) - before_helpers
     wrk_cpu = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime
                                                                        - before_children.ru_stime)
@@ -161,16 +154,8 @@ def database(backend: str, workdir: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{workdir / 'data' / 'lockbox.db'}"
         return
-    name = f"lockbox_bench_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].split("://", 1)[1]
-    try:
-        yield f"postgresql+psycopg://{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database("bench") as url:
+        yield url
 
 
 def seed(settings: Settings) -> tuple[list[Person], list[Person]]:

@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -147,6 +148,23 @@ def client(app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
 def db(app) -> Database:  # type: ignore[no-untyped-def]
     """The running app's database, for factories and for looking behind the API."""
     return app.state.lockbox.db  # type: ignore[no-any-return]
+
+
+Events = list[tuple[list[str], dict[str, Any]]]
+
+
+@pytest.fixture
+def events(db: Database) -> Events:
+    """Every real-time event the app publishes, with its audience, in order (the hub still delivers them)."""
+    seen: Events = []
+    original = db.runtime.publish
+
+    def _spy(users, event):  # type: ignore[no-untyped-def]
+        seen.append((list(users), event))
+        original(users, event)
+
+    db.runtime.publish = _spy
+    return seen
 
 
 @pytest.fixture

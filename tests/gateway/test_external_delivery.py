@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from tests.clinic import Clinic
+from tests.conftest import Events
 from tests.factories import Api
 from tests.gateway.conftest import Sink, drain, link_of, mail, text_of
 from tests.gateway.test_gateway import FRIEND, SECRETS, mailer
@@ -28,20 +28,6 @@ from lockbox.notify.models import Notification
 SUBJECT = "[secure] Scan results ZEBRA-SUBJECT-5120"
 BODY = "Pat Jones (MRN 100234): ZEBRA-BODY-8830 the melanoma scan is clear."
 HOUSE_EMAIL = "house@riverside.example"
-Events = list[tuple[list[str], dict[str, Any]]]
-
-
-@pytest.fixture
-def events(db: Database) -> Events:
-    seen: Events = []
-    original = db.runtime.publish
-
-    def _spy(users, event):  # type: ignore[no-untyped-def]
-        seen.append((list(users), event))
-        original(users, event)
-
-    db.runtime.publish = _spy
-    return seen
 
 
 def send_external(client: TestClient, clinic: Clinic, gateway_port: int) -> str:

@@ -4,30 +4,16 @@ and a 404 for everyone who cannot see the thread."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 
-from lockbox.db import Database
+from tests.conftest import Events
 from tests.routing.conftest import Routing
 
 RASH = ("Rash", "I have had a mild itchy rash on my forearm for a week. No fever. Should I make an appointment?")
 
 
-@pytest.fixture
-def events(db: Database) -> list[tuple[list[str], dict[str, Any]]]:
-    seen: list[tuple[list[str], dict[str, Any]]] = []
-    original = db.runtime.publish
-
-    def _spy(users, event):  # type: ignore[no-untyped-def]
-        seen.append((list(users), event))
-        original(users, event)
-
-    db.runtime.publish = _spy
-    return seen
-
-
-def test_claim_release_transfer(routing: Routing, events: list[tuple[list[str], dict[str, Any]]]) -> None:
+def test_claim_release_transfer(routing: Routing, events: Events) -> None:
     r, c = routing, routing.c
     tid = r.send(c.patient, *RASH)["id"]
     ned = r.api(r.ned)

@@ -210,15 +210,14 @@ def screen_addressed(session: Session, decision: Decision, *, patient_id: str, c
     emergency is routed like any other (auto-reply, call-back, page); anything else stays with the staff the
     patient wrote to (or the pool's balance), on the response clock of its urgency, so it escalates when
     nobody answers (a doctor away for a week must not leave a patient's question unseen)."""
-    from lockbox.routing.classify import classify, emergency_check
+    from lockbox.routing.classify import classify
 
     rt = runtime_of(session)
     ctx = provider_for(rt.settings).patient_context(session, patient_id=patient_id)
-    triage = emergency_check(f"{subject}\n{body}")
-    if triage is not None:
+    triage = classify(subject, body)  # one pass: an emergency is found here as in any new message
+    if triage.urgency == "emergency":
         return _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency="emergency", triage=triage,
                        ctx=ctx, care_team_id=care_team_id or ctx.care_team_id, trigger="message", seq=1)
-    triage = classify(subject, body)
     urgency = "urgent" if urgent and triage.urgency == "routine" else triage.urgency
     prefer = next((u for u in addressed_to or () if _clinician(session, u)), None)
     return _decide(session, rules=rules_for(session), now=rt.clock.now(), urgency=urgency, triage=triage, ctx=ctx,

@@ -109,7 +109,7 @@ class ServerProcess(_Child):
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "server already running"
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -125,8 +125,9 @@ class ServerProcess(_Child):
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"lockbox serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                # healthz reads the database, so "ready" means migrated and serving.
-                if httpx.get(self.base_url + "/api/v1/healthz", timeout=2).status_code == 200:
+                # Ready as a load balancer means it: migrated, keys readable, triage warm (a patient's
+                # first message no longer waits seconds for the engine; under a loaded suite it timed out).
+                if httpx.get(self.base_url + "/api/v1/readyz", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -9,6 +12,7 @@ from sqlalchemy import text
 from lockbox.config import Settings
 from lockbox.db import Database
 from lockbox.jobs.service import enqueue
+from lockbox.routing import classify
 from lockbox.system.api import _head_revision
 from tests.clinic import Clinic
 from tests.factories import PASSWORD
@@ -23,22 +27,33 @@ def _samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(body) for s in family.samples}
 
 
-def test_readyz_checks_database_migrations_and_keys(client: TestClient, db: Database) -> None:
+def test_readyz_checks_database_migrations_keys_and_triage(client: TestClient, db: Database) -> None:
+    classify.warm_up()  # the app's lifespan does it in the background; the test must not race it
     r = client.get("/api/v1/readyz")
     assert r.status_code == 200, r.text
-    assert r.json() == {"ok": True, "checks": {"database": True, "migrations": True, "keys": True}}
+    assert r.json() == {"ok": True, "checks": {"database": True, "migrations": True, "keys": True, "triage": True}}
     # A database one migration behind the code is not ready for traffic.
     current = _head_revision()
     db.write_sync(lambda s: s.execute(text("UPDATE alembic_version SET version_num = 'older'")))
     try:
         r = client.get("/api/v1/readyz")
         assert r.status_code == 503
-        assert r.json()["checks"] == {"database": True, "migrations": False, "keys": True}
+        assert r.json()["checks"] == {"database": True, "migrations": False, "keys": True, "triage": True}
     finally:
         db.write_sync(lambda s: s.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": current}))
 
 
+def test_readyz_is_not_ready_before_the_triage_warm_up(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server still building its triage engine would hold a patient's first message for seconds.
+    monkeypatch.setattr(classify, "_warm", threading.Event())
+    r = client.get("/api/v1/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["triage"] is False
+    classify.warm_up()
+    assert client.get("/api/v1/readyz").status_code == 200
+
+
 def test_readyz_fails_when_the_key_file_is_gone(client: TestClient, settings: Settings) -> None:
+    classify.warm_up()
     key_file = settings.resolved_key_file
     moved = key_file.with_name("moved.key")
     key_file.rename(moved)

@@ -1,7 +1,7 @@
 """Health endpoints; ``/ping`` is the no-op the send benchmark measures the HTTP stack's ceiling with.
 
 ``/healthz`` says the process serves and reads its database (liveness); ``/readyz`` also checks that
-the schema is current and the key provider answers (readiness: send traffic here). ``/metrics`` (at
+the schema is current, the key provider answers and triage is warmed up (readiness: send traffic here). ``/metrics`` (at
 the root, for Prometheus) answers loopback callers or holders of ``LOCKBOX_METRICS_TOKEN``.
 """
 
@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from lockbox.http import Db, json_error, state
+from lockbox.routing import classify
 from lockbox.system.metrics import Metrics, is_loopback
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ async def readyz(request: Request, db: Db) -> JSONResponse:
         log.warning("readyz: database check failed: %s", type(exc).__name__)
         checks["database"] = checks["migrations"] = False
     checks["keys"] = await anyio.to_thread.run_sync(_keys_ready, request)
+    # Until the triage engine is built (seconds after start) a patient's message would wait for it.
+    checks["triage"] = classify.is_warm()
     ok = all(checks.values())
     return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)
 

@@ -3,6 +3,7 @@ a small model picks the topic and may raise the urgency, never lower an emergenc
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 URGENCIES = ("emergency", "urgent", "routine")
@@ -33,11 +34,21 @@ def emergency_check(text: str) -> Triage | None:
     return _emergency_check(text)
 
 
+_warm = threading.Event()
+
+
 def warm_up() -> None:
     """Load the lexicon, ConText and the model now (at start-up) rather than on the first message."""
     from lockbox.routing.classify.engine import warm_up as _warm_up
 
     _warm_up()
+    _warm.set()
 
 
-__all__ = ["LANGUAGES", "TOPICS", "URGENCIES", "Triage", "classify", "emergency_check", "warm_up"]
+def is_warm() -> bool:
+    """Whether ``warm_up`` has finished: until then a patient's message waits seconds for the engine, so a
+    server is not ready for traffic (``/readyz``). Never blocks, unlike importing the engine would."""
+    return _warm.is_set()
+
+
+__all__ = ["LANGUAGES", "TOPICS", "URGENCIES", "Triage", "classify", "emergency_check", "is_warm", "warm_up"]

@@ -17,7 +17,7 @@ from lockbox.config import Settings, load_settings
 from lockbox.crypto.keys import keyring_for
 from lockbox.db import Database
 from lockbox.db.uow import Runtime
-from lockbox.http import AppState, SecurityHeaders, install_error_handlers
+from lockbox.http import AppState, SecurityHeaders, document_body_models, install_error_handlers
 from lockbox.realtime.hub import Hub
 from lockbox.routing.screening import ScreeningPool
 
@@ -133,9 +133,14 @@ def create_app(
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        # No OpenTelemetry here (metrics are /metrics, the record is the audit log): FastAPI's native
+        # telemetry would otherwise ask the global providers on every request whether it is on, and a
+        # provider configured by the environment would export request data outside the audited logs.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.lockbox = AppState(settings=settings, db=db, hub=hub)
     install_error_handlers(app)
+    document_body_models(app)
     app.add_middleware(SecurityHeaders, hsts=settings.public_url.startswith("https://"))
     # Operations: metrics by route template, and forwarded client addresses from trusted proxies only
     # (added last, so it runs first and everything after sees the real client and scheme).

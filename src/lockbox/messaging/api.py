@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from lockbox import ratelimit
 from lockbox.errors import PayloadTooLarge
-from lockbox.http import Caller, Db, state
+from lockbox.http import Caller, Db, credentials, json_body, json_body_openapi, state
 from lockbox.messaging import schemas, service
 from lockbox.routing import screening
 from lockbox.routing.service import UNSCREENED
@@ -38,9 +38,14 @@ async def get_thread(thread_id: str, actor: Caller, db: Db) -> schemas.ThreadDet
 
 
 @router.post("/threads/{thread_id}/messages", status_code=201, response_model=schemas.MessageOut,
-             dependencies=[ratelimit.SEND])
-async def reply(thread_id: str, data: schemas.MessageCreate, actor: Caller, request: Request) -> Response:
-    # The hot path: the database from the request itself, one dependency fewer to solve per send.
+             openapi_extra=json_body_openapi(schemas.MessageCreate))
+async def reply(thread_id: str, request: Request) -> Response:
+    # The hot path, so no dependencies and no body parameter: each costs a pass of FastAPI's resolver.
+    # The same steps in the same order as ``dependencies=[ratelimit.SEND]``, ``Caller`` and a
+    # ``MessageCreate`` body: count the send, then 401 without a session, then 422 on a bad body.
+    await ratelimit.enforce(request, "send")
+    actor = credentials(request)
+    data = await json_body(request, schemas.MessageCreate)
     db = state(request).db
     pool = screening.pool_of(request.app)
     if pool is None:

@@ -138,20 +138,26 @@ async def _session_account(request: Request, limits: RateLimits) -> str | None:
     return user_id
 
 
+async def enforce(request: Request, action: Action) -> None:
+    """Count this request against ``action``'s limits (429 when over). Called by ``limited``, or first
+    thing in a route that resolves its caller itself (a reply)."""
+    limits = rate_limits(request.app)
+    if not limits.enabled:
+        return
+    if action == "login":
+        account = await _login_account(request)
+    else:
+        account = await _session_account(request, limits)
+    await limits.check(action, account=account, address=client_addr(request))
+
+
 def limited(action: Action) -> Any:
     """A route dependency: ``@router.post(..., dependencies=[limited("send")])``."""
 
-    async def enforce(request: Request) -> None:
-        limits = rate_limits(request.app)
-        if not limits.enabled:
-            return
-        if action == "login":
-            account = await _login_account(request)
-        else:
-            account = await _session_account(request, limits)
-        await limits.check(action, account=account, address=client_addr(request))
+    async def enforce_limits(request: Request) -> None:
+        await enforce(request, action)
 
-    return Depends(enforce)
+    return Depends(enforce_limits)
 
 
 LOGIN = limited("login")

@@ -63,6 +63,7 @@ class Hub:
         self._by_user: dict[str, set[Subscriber]] = defaultdict(set)
         self._by_session: dict[str, set[Subscriber]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         # Handed over by other threads, delivered in order by one callback on the loop per burst: a group
         # commit of fifty sends wakes the loop once, not fifty times.
         self._pending: list[Item] = []
@@ -74,6 +75,7 @@ class Hub:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Called on the running loop. A hub bound again (a restarted app) delivers what waited meanwhile."""
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         with self._pending_lock:
             self._flush_scheduled = bool(self._pending)
         if self._flush_scheduled:
@@ -113,11 +115,9 @@ class Hub:
             self._pending.append(item)
             schedule = not self._flush_scheduled
             self._flush_scheduled = True
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        # Which thread, not ``asyncio.get_running_loop()``: that raises (an exception per event) in the
+        # writer thread, the usual caller and the one whose time every send waits on.
+        if threading.get_ident() == self._loop_thread and loop.is_running():
             self._flush()  # on the loop already: deliver now, after whatever was handed over before
         elif schedule:
             try:

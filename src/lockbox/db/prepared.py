@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -80,12 +81,19 @@ class Prepared:
         driver: Any = conn.connection.driver_connection
         cursor = driver.cursor()
         savepoint = conn.connection.info.pop(PENDING_SAVEPOINT, None) if dialect.name == "postgresql" else None
-        if savepoint is None:
-            cursor.execute(form.sql, args)
-        else:
-            with driver.pipeline():  # leaving it waits for both results; an error of either is raised
-                driver.execute(savepoint)
+        try:
+            if savepoint is None:
                 cursor.execute(form.sql, args)
+            else:
+                with driver.pipeline():  # leaving it waits for both results; an error of either is raised
+                    driver.execute(savepoint)
+                    cursor.execute(form.sql, args)
+        except dialect.loaded_dbapi.Error as exc:
+            # Raised as Connection.execute raises it (IntegrityError, DataError... with the driver's error as
+            # ``orig``), so what handles the ORM path's errors handles these too: a NUL in text is bad input.
+            # The values stay out of the message: they may be PHI.
+            raise DBAPIError.instance(form.sql, args, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
+                                      dialect=dialect) from exc
         return form, cursor
 
     def _row(self, form: _Form, raw: Any) -> Any:

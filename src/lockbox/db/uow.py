@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.orm import Session
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     from lockbox.clock import Clock
@@ -37,6 +39,18 @@ class Credentials:
 
     token: str
     client_addr: str | None = None
+
+
+# Set on a unit of work that resolves ``actor=Credentials`` itself, with a statement it runs anyway.
+RESOLVES_CREDENTIALS = "__lockbox_resolves_credentials__"
+
+
+def resolves_credentials(fn: F) -> F:
+    """Mark ``fn`` as taking ``actor=`` as Credentials: the writer then hands them over unresolved, and
+    ``fn`` must authenticate them (``identity.sessions.accept``) before anything else. For the send path,
+    where the session lookup joins the access check: one round trip fewer on PostgreSQL."""
+    setattr(fn, RESOLVES_CREDENTIALS, True)
+    return fn
 
 
 def runtime_of(session: Session) -> Runtime:

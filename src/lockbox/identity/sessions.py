@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
@@ -59,13 +59,21 @@ def idle_deadline(auth: AuthSession) -> datetime:
 
 _auth = cast(Table, AuthSession.__table__)
 _users = cast(Table, User.__table__)
-# Built once and run prepared: this runs on every request.
-_RESOLVE = Prepared(
-    select(_auth.c.id, _auth.c.ended_at, _auth.c.last_seen_at, _auth.c.expires_at, _auth.c.idle_timeout_s,
-           _users.c.id.label("user_id"), _users.c.username, _users.c.role, _users.c.display_name, _users.c.active)
-    .select_from(_auth.join(_users, _users.c.id == _auth.c.user_id))
-    .where(_auth.c.token_hash == bindparam("token_hash"))
+# Aliased, so a statement that also reads users for another purpose (the thread's patient, in the send
+# path's access check) cannot correlate its subqueries to the caller by mistake.
+_session_row = _auth.alias("caller_session")
+_session_user = _users.alias("caller")
+# The caller's session and account: what ``accept`` needs, and the table ``policy`` correlates on.
+SESSION_COLUMNS = (
+    _session_row.c.id.label("session_id"), _session_row.c.ended_at, _session_row.c.last_seen_at,
+    _session_row.c.expires_at, _session_row.c.idle_timeout_s, _session_user.c.id.label("user_id"),
+    _session_user.c.username, _session_user.c.role, _session_user.c.display_name, _session_user.c.active,
 )
+SESSION_FROM = _session_row.join(_session_user, _session_user.c.id == _session_row.c.user_id)
+SESSION_USER = _session_user
+SESSION_MATCH = _session_row.c.token_hash == bindparam("token_hash")
+# Built once and run prepared: this runs on every request.
+_RESOLVE = Prepared(select(*SESSION_COLUMNS).select_from(SESSION_FROM).where(SESSION_MATCH))
 _TOUCH = Prepared(
     update(_auth)
     .where(_auth.c.id == bindparam("sid"), _auth.c.ended_at.is_(None), _auth.c.last_seen_at < bindparam("now"))
@@ -78,9 +86,11 @@ def resolve_session(session: Session, *, token: str, client_addr: str | None = N
 
     Any unknown, ended, idle or expired session is the same Unauthenticated, whatever the cause.
     """
-    now = runtime_of(session).clock.now()
-    row = _RESOLVE.first(session, token_hash=hash_token(token))
-    if row is None:
+    return _actor(_RESOLVE.first(session, token_hash=hash_token(token)), runtime_of(session).clock.now(), client_addr)
+
+
+def _actor(row: Any, now: datetime, client_addr: str | None) -> tuple[Actor, bool]:
+    if row is None or row.session_id is None:
         raise Unauthenticated()
     deadline = min(row.last_seen_at + timedelta(seconds=row.idle_timeout_s), row.expires_at)
     if row.ended_at is not None or not row.active or now >= deadline:
@@ -90,7 +100,7 @@ def resolve_session(session: Session, *, token: str, client_addr: str | None = N
         username=row.username,
         role=Role(row.role),
         display_name=row.display_name,
-        session_id=row.id,
+        session_id=row.session_id,
         client_addr=client_addr,
     )
     stale = (now - row.last_seen_at).total_seconds() >= min(TOUCH_GRANULARITY_S, row.idle_timeout_s / 10)
@@ -100,6 +110,16 @@ def resolve_session(session: Session, *, token: str, client_addr: str | None = N
 def actor_for(session: Session, credentials: Credentials) -> Actor:
     """Resolve the caller inside a write unit: authentication, activity and the change share one commit."""
     actor, stale = resolve_session(session, token=credentials.token, client_addr=credentials.client_addr)
+    if stale and actor.session_id:
+        touch_session(session, session_id=actor.session_id)
+    return actor
+
+
+def accept(session: Session, row: Any, credentials: Credentials) -> Actor:
+    """``actor_for`` on a row of ``SESSION_COLUMNS`` that another statement fetched with ``token_hash``
+    bound to ``hash_token(credentials.token)`` (a caller that resolves its session with its own first
+    read: one round trip for both). A row whose session columns are NULL is an unknown session."""
+    actor, stale = _actor(row, runtime_of(session).clock.now(), credentials.client_addr)
     if stale and actor.session_id:
         touch_session(session, session_id=actor.session_id)
     return actor

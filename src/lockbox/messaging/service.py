@@ -37,7 +37,7 @@ from lockbox.crypto.exceptions import KeyExhausted
 from lockbox.crypto.service import count_seal
 from lockbox.db.base import UTCDateTime, new_id
 from lockbox.db.prepared import Prepared
-from lockbox.db.uow import publish, runtime_of
+from lockbox.db.uow import Credentials, publish, resolves_credentials, runtime_of
 from lockbox.directory.models import CareTeamMember, Pool, PoolMember
 from lockbox.errors import (
     ConfirmRecipients,
@@ -400,13 +400,18 @@ def get_thread(session: Session, *, actor: Actor, thread_id: str) -> schemas.Thr
 # -- replying and receipts -----------------------------------------------------------------------
 
 
-def reply(session: Session, *, actor: Actor, thread_id: str, body: str,
+@resolves_credentials
+def reply(session: Session, *, actor: Actor | Credentials, thread_id: str, body: str,
           screened: Any = routing.UNSCREENED) -> schemas.MessageOut:
     """Add a message; the sender becomes a member of the thread. The hot path: prepared statements only,
     and the access check also brings who follows the thread and how its patient can be reached (on
-    PostgreSQL each statement is a round trip). ``screened``: the emergency check of ``body``, when the
-    request already had it run (``routing.screening``); used only if the sender turns out a patient."""
-    thread = policy.thread_facts_for_write(session, actor, thread_id, extra=_REPLY_EXTRA)
+    PostgreSQL each statement is a round trip); given Credentials, it also resolves the caller's session.
+    ``screened``: the emergency check of ``body``, when the request already had it run
+    (``routing.screening``); used only if the sender turns out a patient."""
+    if isinstance(actor, Credentials):
+        actor, thread = policy.caller_and_thread_facts_for_write(session, actor, thread_id, extra=_REPLY_EXTRA)
+    else:
+        thread = policy.thread_facts_for_write(session, actor, thread_id, extra=_REPLY_EXTRA)
     followers = {uid for uid in f"{thread.members or ''},{thread.pool_members or ''}".split(",") if uid}
     patient = notify.Recipient(thread.patient_id, thread.patient_role, thread.patient_email, thread.patient_phone,
                                bool(thread.patient_active)) if thread.patient_role is not None else None

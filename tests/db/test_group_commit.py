@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from typing import cast
 import psycopg
 import pytest
 from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lockbox.app import build_database
@@ -82,7 +84,8 @@ def test_a_failing_unit_rolls_back_alone_wherever_it_fails(standalone_db: Databa
             done[n] = f.result()
         except InvalidInput:
             done[n] = "invalid"
-        except (sqlite3.IntegrityError, psycopg.IntegrityError):  # a prepared statement's driver error
+        except IntegrityError as exc:  # a prepared statement's error, raised as SQLAlchemy raises it
+            assert isinstance(exc.orig, sqlite3.IntegrityError | psycopg.IntegrityError)
             done[n] = "duplicate"
     assert done == {n: {0: n, 1: "invalid", 2: "duplicate", 3: "invalid"}[n % 4] for n in done}
     locations = db.read_sync(lambda s: set(s.scalars(select(Location.id))))
@@ -139,3 +142,116 @@ def test_a_unit_that_loses_a_deadlock_to_another_process_runs_again(
     names = first.read_sync(
         lambda s: set(s.scalars(select(Location.name).where(Location.id.in_(["loc-a", "loc-b"])))))
     assert len(names) == 1  # the later unit renamed both rows: no half-applied unit
+
+
+def test_a_deadlock_loser_runs_again_only_once_the_winner_has_committed(
+        standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> None:
+    """The loser's retry waits for the transaction it lost to. Sent as soon as it lost, it could take a
+    row the woken winner had not yet got to (under CPU load) and deadlock with it a second time: that
+    was the occasional fourth attempt of the test above. Here the winner holds its rows a while."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer per database: its writers queue, they never deadlock")
+    import time
+
+    from sqlalchemy import update
+
+    first = standalone_db
+    first.write_sync(lambda s: s.add_all([Location(id="loc-a", name="a"), Location(id="loc-b", name="b")]))
+    second = build_database(settings, clock=clock)
+    both_hold_one = threading.Barrier(2, timeout=10)
+    started: list[tuple[str, float]] = []
+    finished: dict[str, float] = {}
+
+    def _rename(session: Session, *, order: tuple[str, str], name: str) -> str:
+        started.append((name, time.monotonic()))
+        session.execute(update(Location).where(Location.id == order[0]).values(name=name))
+        session.flush()
+        if [n for n, _ in started].count(name) == 1:
+            both_hold_one.wait()
+        session.execute(update(Location).where(Location.id == order[1]).values(name=name))
+        time.sleep(0.3)  # the winner: both rows held well past the loser's old 1-4 ms back-off
+        finished[name] = time.monotonic()  # then it commits
+        return name
+
+    try:
+        one = first.submit(_rename, order=("loc-a", "loc-b"), name="one")
+        two = second.submit(_rename, order=("loc-b", "loc-a"), name="two")
+        assert {one.result(timeout=30), two.result(timeout=30)} == {"one", "two"}
+    finally:
+        second.close()
+    assert len(started) == 3
+    loser, retried_at = started[2]
+    winner = "two" if loser == "one" else "one"
+    assert retried_at >= finished[winner]
+
+
+def _gated(db: Database, gate: threading.Event) -> None:
+    """Hold ``db``'s writer until ``gate`` is set, so what is submitted meanwhile forms one batch."""
+    started = threading.Event()
+
+    def hold(session: Session) -> None:
+        started.set()
+        assert gate.wait(10)
+
+    db.submit(hold)
+    assert started.wait(10)
+
+
+def test_a_batch_runs_its_units_in_thread_order_keeping_each_threads_own_order(standalone_db: Database) -> None:
+    db = standalone_db
+    ran: list[tuple[str | None, int]] = []
+
+    def unit(session: Session, *, n: int, thread_id: str | None = None) -> int:
+        ran.append((thread_id, n))
+        return n
+
+    gate = threading.Event()
+    _gated(db, gate)
+    submitted = [("t-c", 1), ("t-a", 2), (None, 3), ("t-c", 4), ("t-b", 5), ("t-a", 6), (None, 7)]
+    futures = [db.submit(unit, n=n, **({"thread_id": t} if t else {})) for t, n in submitted]
+    gate.set()
+    assert [f.result(timeout=10) for f in futures] == [n for _, n in submitted]
+    assert ran == [(None, 3), (None, 7), ("t-a", 2), ("t-a", 6), ("t-b", 5), ("t-c", 1), ("t-c", 4)]
+
+
+def test_two_processes_batches_take_thread_rows_in_one_order_and_do_not_deadlock(
+        standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> None:
+    """Each writer gets a batch writing the same two rows, submitted in opposite orders. Run as submitted,
+    both would hold one row and wait for the other (a deadlock, a unit run twice); in thread order the
+    second batch waits for the first to commit."""
+    if backend != "postgresql":
+        pytest.skip("SQLite has one writer per database: its writers queue, they never deadlock")
+    from sqlalchemy import update
+
+    first = standalone_db
+    first.write_sync(lambda s: s.add_all([Location(id="t-a", name="a"), Location(id="t-b", name="b")]))
+    second = build_database(settings, clock=clock)
+    both_hold_one = threading.Barrier(2, timeout=1)
+    runs: list[tuple[str, str]] = []
+
+    def rename(session: Session, *, thread_id: str, name: str, lead: bool) -> None:
+        runs.append((name, thread_id))
+        session.execute(update(Location).where(Location.id == thread_id).values(name=name))
+        session.flush()
+        if lead:  # the batch's first unit: give the other batch time to take a row too
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_hold_one.wait()
+        record(session, action="test.location.rename", actor_id="tester", subject_id=thread_id)
+
+    gates = threading.Event(), threading.Event()
+    try:
+        _gated(first, gates[0])
+        _gated(second, gates[1])
+        futures = [first.submit(rename, thread_id="t-a", name="one", lead=True),
+                   first.submit(rename, thread_id="t-b", name="one", lead=False),
+                   second.submit(rename, thread_id="t-b", name="two", lead=True),
+                   second.submit(rename, thread_id="t-a", name="two", lead=False)]
+        for gate in gates:
+            gate.set()
+        for f in futures:
+            f.result(timeout=30)
+    finally:
+        second.close()
+    assert len(runs) == 4  # no unit lost a deadlock and ran again
+    names = first.read_sync(lambda s: set(s.scalars(select(Location.name).where(Location.id.in_(["t-a", "t-b"])))))
+    assert len(names) == 1  # one batch committed after the other, each whole

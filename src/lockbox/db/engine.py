@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,34 +26,89 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from lockbox.db.prepared import PENDING_SAVEPOINT
-from lockbox.db.uow import Credentials, Runtime
+from lockbox.db.uow import RESOLVES_CREDENTIALS, Credentials, Runtime
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # PostgreSQL's deadlock and serialisation failures: with several server processes, two writers'
-# batches can lock the same threads in opposite orders and PostgreSQL aborts one statement. The unit
-# is a function of its session alone, so it is run again in the next batch, once the batch that
-# still holds its other locks has committed; the caller only ever sees the retried outcome.
+# batches can lock the same rows in opposite orders (a batch takes thread rows in one order, see
+# _lock_order, but units may lock other rows) and PostgreSQL aborts one statement. The unit is a
+# function of its session alone, so it is run again in the next batch, once the transaction it lost
+# to has ended (_lost_to); the caller only ever sees the retried outcome.
 _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 _RETRIES = 8
 
 
-def _transient(exc: BaseException) -> bool:
+# How long a deadlock's loser waits for the winner's transaction to end before running again anyway.
+_WAIT_FOR_WINNER_S = 2.0
+# The line of PostgreSQL's deadlock report (DETAIL, as sent to the client) naming what a backend waited for.
+_WAITED_FOR = re.compile(r"Process (\d+) waits for \w+ on transaction (\d+);")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
     seen: BaseException | None = exc
     for _ in range(4):
         if seen is None:
-            return False
-        if getattr(seen, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-            return True
+            break
+        chain.append(seen)
         seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return chain
+
+
+def _transient(exc: BaseException) -> bool:
+    return any(getattr(seen, "sqlstate", None) in _TRANSIENT_SQLSTATES for seen in _causes(exc))
+
+
+def _lost_to(exc: BaseException, backend_pid: int | None) -> int | None:
+    """The transaction this backend was waiting for when PostgreSQL chose it as a deadlock's victim.
+
+    When the victim's statement is aborted, the winner is only woken: under CPU load its backend may
+    not run for milliseconds, and a retry sent in that time finds the row free, takes it ahead of the
+    winner (row locks are not queued for whoever finds them free) and deadlocks with it again, another
+    ``deadlock_timeout``. The retry therefore waits for this transaction to end. None when the report
+    does not say (another language, a lock other than a transaction's): the retry then only backs off."""
+    if backend_pid is None:
+        return None
+    for seen in _causes(exc):
+        detail = getattr(getattr(seen, "diag", None), "message_detail", None)
+        if detail:
+            for match in _WAITED_FOR.finditer(detail):
+                if int(match[1]) == backend_pid:
+                    return int(match[2])
+    return None
+
+
+def _backend_pid(conn: Connection) -> int | None:
+    try:
+        info = getattr(conn.connection.driver_connection, "info", None)
+    except Exception:  # closed or invalidated: there is no backend to ask about
+        return None
+    return getattr(info, "backend_pid", None)
+
+
+def _await_transactions(conn: Connection, xids: set[int]) -> None:
+    """Until none of ``xids`` is running (each holds the lock on its own id until it ends), at most
+    ``_WAIT_FOR_WINNER_S``. A subtransaction's id is held until its top-level transaction ends."""
+    deadline = time.monotonic() + _WAIT_FOR_WINNER_S
+    ids = [str(xid) for xid in xids]
+    while time.monotonic() < deadline:
+        running = conn.execute(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND granted"
+                 " AND transactionid::text = ANY(:ids)"), {"ids": ids}).scalar()
+        conn.rollback()
+        if not running:
+            return
+        time.sleep(0.001)
+
+
 UnitFn = Callable[..., Any]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -150,6 +206,15 @@ class _Unit:
     future: Future[Any] | None = None
     waiter: asyncio.Future[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+
+
+def _lock_order(unit: _Unit) -> tuple[bool, str]:
+    """Units of a batch run in order of the thread they write to (stable: one thread's units keep their
+    order; units without one go first). Each batch then locks ``threads`` rows in ascending id order, so
+    two processes' batches never wait on each other's rows in a cycle (a deadlock costs the loser
+    ``deadlock_timeout``). Units in one batch come from concurrent requests: none waits for another."""
+    thread_id = unit.kwargs.get("thread_id")
+    return (True, thread_id) if isinstance(thread_id, str) else (False, "")
 
 
 def _resolve_waiters(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -296,14 +361,18 @@ class Database:
                     stop = True
                     break
                 batch.append(nxt)
+            batch.sort(key=_lock_order)
             for attempt in range(_RETRIES + 1):
                 last = attempt == _RETRIES
+                winners: set[int] = set()
                 try:
                     if conn is None or conn.closed or conn.invalidated:
                         conn = self.write_engine.connect()
-                    batch = self._run_batch(conn, batch, retry=not last)
+                    batch = self._run_batch(conn, batch, retry=not last, winners=winners)
                 except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
                     if conn is not None:
+                        if _transient(exc) and (xid := _lost_to(exc, _backend_pid(conn))) is not None:
+                            winners.add(xid)
                         conn.close()
                         conn = None
                     if _transient(exc) and not last:
@@ -314,6 +383,17 @@ class Database:
                         batch = []
                 if not batch:
                     break
+                if winners:
+                    try:
+                        if conn is None or conn.closed or conn.invalidated:
+                            conn = self.write_engine.connect()
+                        _await_transactions(conn, winners)
+                        continue
+                    except Exception as exc:  # the wait is an optimisation: the retry is right without it
+                        log.warning("could not wait for a deadlock's winner: %s", type(exc).__name__)
+                        if conn is not None:
+                            conn.close()
+                            conn = None
                 # Let the other writer's batch commit first; jitter, so two writers do not meet again in step.
                 time.sleep(random.uniform(0.001, 0.004) * 2**attempt)
             if stop:
@@ -321,9 +401,11 @@ class Database:
         if conn is not None:
             conn.close()
 
-    def _run_batch(self, conn: Connection, batch: list[_Unit], *, retry: bool = False) -> list[_Unit]:
+    def _run_batch(self, conn: Connection, batch: list[_Unit], *, retry: bool = False,
+                   winners: set[int] | None = None) -> list[_Unit]:
         """Run and commit a batch; returns the units to run again (``retry``: those that lost a
-        deadlock), which are neither committed nor answered yet."""
+        deadlock), which are neither committed nor answered yet. The transactions they lost to are
+        added to ``winners``."""
         from lockbox.audit.chain import seal
 
         done: list[tuple[_Unit, Any, list[Callable[[], None]]]] = []
@@ -339,7 +421,7 @@ class Database:
                     try:
                         kwargs = unit.kwargs
                         credentials = kwargs.get("actor")
-                        if isinstance(credentials, Credentials):
+                        if isinstance(credentials, Credentials) and not getattr(unit.fn, RESOLVES_CREDENTIALS, False):
                             from lockbox.identity.sessions import actor_for
 
                             kwargs = {**kwargs, "actor": actor_for(session, credentials)}
@@ -349,6 +431,8 @@ class Database:
                         session.rollback()
                         if retry and _transient(exc):
                             again.append(unit)
+                            if winners is not None and (xid := _lost_to(exc, _backend_pid(conn))) is not None:
+                                winners.add(xid)
                         else:
                             failed.append((unit, False, exc))
                         continue

@@ -8,9 +8,9 @@ messaging gets notifications until they opt out of a channel; without messaging 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from lockbox.access import policy
@@ -81,7 +81,14 @@ def allows(session: Session, *, patient_id: str, scope: str) -> bool:
     if scope == "messaging":
         return True
     rec = current(session, patient_id=patient_id, scope=scope)
-    return rec is None or rec.status == "granted"
+    return _scope_allowed("granted", rec.status if rec is not None else None, scope)
+
+
+def _scope_allowed(messaging: str | None, own: str | None, scope: str) -> bool:
+    """``allows`` on the newest status of the messaging scope and of ``scope`` itself (None: no record)."""
+    if messaging != "granted":
+        return False
+    return scope == "messaging" or own is None or own == "granted"
 
 
 def allows_notification(session: Session, *, user_id: str, channel: str) -> bool:
@@ -92,6 +99,38 @@ def allows_notification(session: Session, *, user_id: str, channel: str) -> bool
         return True
     scope = CHANNEL_SCOPES.get(channel)
     return scope is not None and allows(session, patient_id=user_id, scope=scope)
+
+
+class NotificationConsent(NamedTuple):
+    """``allows_notification`` for every channel of one user, read in one statement (the send path: a
+    reply notifies its patient on two channels, each check several reads, each read a round trip)."""
+
+    is_patient: bool
+    statuses: dict[str, str | None]  # scope -> the newest record's status, None without one
+
+    def allows(self, channel: str) -> bool:
+        if not self.is_patient:
+            return True
+        scope = CHANNEL_SCOPES.get(channel)
+        return scope is not None and _scope_allowed(self.statuses["messaging"], self.statuses.get(scope), scope)
+
+
+def _newest_status(scope: str) -> Any:
+    c = cast(Table, ConsentRecord.__table__).c
+    return (select(c.status).where(c.patient_id == bindparam("user_id"), c.scope == scope)
+            .order_by(c.recorded_at.desc(), c.id.desc()).limit(1).scalar_subquery().label(scope))
+
+
+# What ``NotificationConsent`` is read from, for the account bound as ``user_id``: columns a caller puts in
+# a statement of its own (labelled is_patient and by scope), then ``notification_consent(row)``.
+NOTIFICATION_CONSENT_COLUMNS = (
+    exists().where(cast(Table, Patient.__table__).c.user_id == bindparam("user_id")).label("is_patient"),
+    *(_newest_status(scope) for scope in SCOPES),
+)
+
+
+def notification_consent(row: Any) -> NotificationConsent:
+    return NotificationConsent(bool(row.is_patient), {scope: getattr(row, scope) for scope in SCOPES})
 
 
 def require_messaging_consent(session: Session, *, patient_id: str) -> None:

@@ -85,18 +85,20 @@ def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id
         if not users:
             return
     staff_pinged: set[str] = set()
-    if pressing:
+    # Staff are told by email only: without an address among them, who is a member does not matter.
+    if pressing and any(u.role != Role.patient and u.email for u in users):
         staff_pinged = set(_MEMBERS.scalars(session, thread_id=thread_id))
         if thread.assignee_id:
             staff_pinged.add(thread.assignee_id)
     for user in users:
         if user.role == Role.patient:
-            known = _known(session, user.id, thread_id)
+            known = _known(session, user.id, thread_id) if user.email or user.phone else None
             for channel, address in (("email", user.email), ("sms", user.phone)):
                 if address:
                     queue(session, user=user, channel=channel, kind="new_message", thread_id=thread_id, known=known)
         elif user.id in staff_pinged and user.email:
-            queue(session, user=user, channel="email", kind="new_message", thread_id=thread_id)
+            queue(session, user=user, channel="email", kind="new_message", thread_id=thread_id,
+                  known=_known(session, user.id, thread_id))
 
 
 _users = cast(Table, User.__table__)

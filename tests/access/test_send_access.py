@@ -74,3 +74,14 @@ def test_an_unknown_ended_or_idle_session_is_unauthenticated_before_any_access_c
     assert _both(db, clinic.nurse.token, routed_thread) == ("Unauthenticated", "Unauthenticated")
     clock.advance(24 * 3600)
     assert _both(db, clinic.patient.token, routed_thread) == ("Unauthenticated", "Unauthenticated")
+
+
+def test_break_glass_opens_the_thread_to_the_one_statement_as_to_the_two(
+        client: TestClient, db: Database, clinic: Clinic, routed_thread: str) -> None:
+    outsider = clinic.other_team_doctor
+    assert _both(db, outsider.token, routed_thread) == ("NotFound", "NotFound")
+    r = Api(client, outsider).post(f"/threads/{routed_thread}/break-glass",
+                                   json={"reason": "Covering the on-call shift for team A"})
+    assert r.status_code == 204, r.text
+    two, one = _both(db, outsider.token, routed_thread)
+    assert one == two and not isinstance(one, str)

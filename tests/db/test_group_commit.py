@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
@@ -108,17 +109,28 @@ def test_reads_may_not_write(standalone_db: Database) -> None:
         standalone_db.read_sync(lambda s: s.add(Location(id="x", name="y")))
 
 
-def test_a_unit_that_loses_a_deadlock_to_another_process_runs_again(
-        standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> None:
-    """Two writers (as two server processes have) lock the same rows in opposite orders; PostgreSQL
-    aborts one statement, and that unit is run again after the other batch commits: both succeed."""
+@pytest.fixture
+def second_writer(standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> Iterator[Database]:
+    """Another server process's writer on the same database, beside ``standalone_db``'s."""
     if backend != "postgresql":
         pytest.skip("SQLite has one writer per database: its writers queue, they never deadlock")
+    second = build_database(settings, clock=clock)
+    yield second
+    second.close()
+
+
+def _two_rows(db: Database, *ids: str) -> None:
+    db.write_sync(lambda s: s.add_all([Location(id=i, name=i) for i in ids]))
+
+
+def test_a_unit_that_loses_a_deadlock_to_another_process_runs_again(standalone_db: Database,
+                                                                     second_writer: Database) -> None:
+    """Two writers (as two server processes have) lock the same rows in opposite orders; PostgreSQL
+    aborts one statement, and that unit is run again after the other batch commits: both succeed."""
     from sqlalchemy import update
 
-    first = standalone_db
-    first.write_sync(lambda s: s.add_all([Location(id="loc-a", name="a"), Location(id="loc-b", name="b")]))
-    second = build_database(settings, clock=clock)
+    first, second = standalone_db, second_writer
+    _two_rows(first, "loc-a", "loc-b")
     both_hold_one = threading.Barrier(2, timeout=10)
     attempts: list[str] = []
 
@@ -132,32 +144,26 @@ def test_a_unit_that_loses_a_deadlock_to_another_process_runs_again(
         record(session, action="test.location.rename", actor_id="tester", subject_id=order[0])
         return name
 
-    try:
-        one = first.submit(_rename, order=("loc-a", "loc-b"), name="one")
-        two = second.submit(_rename, order=("loc-b", "loc-a"), name="two")
-        assert {one.result(timeout=30), two.result(timeout=30)} == {"one", "two"}
-    finally:
-        second.close()
+    one = first.submit(_rename, order=("loc-a", "loc-b"), name="one")
+    two = second.submit(_rename, order=("loc-b", "loc-a"), name="two")
+    assert {one.result(timeout=30), two.result(timeout=30)} == {"one", "two"}
     assert len(attempts) == 3  # one of them lost the deadlock and ran once more
     names = first.read_sync(
         lambda s: set(s.scalars(select(Location.name).where(Location.id.in_(["loc-a", "loc-b"])))))
     assert len(names) == 1  # the later unit renamed both rows: no half-applied unit
 
 
-def test_a_deadlock_loser_runs_again_only_once_the_winner_has_committed(
-        standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> None:
+def test_a_deadlock_loser_runs_again_only_once_the_winner_has_committed(standalone_db: Database,
+                                                                       second_writer: Database) -> None:
     """The loser's retry waits for the transaction it lost to. Sent as soon as it lost, it could take a
     row the woken winner had not yet got to (under CPU load) and deadlock with it a second time: that
     was the occasional fourth attempt of the test above. Here the winner holds its rows a while."""
-    if backend != "postgresql":
-        pytest.skip("SQLite has one writer per database: its writers queue, they never deadlock")
     import time
 
     from sqlalchemy import update
 
-    first = standalone_db
-    first.write_sync(lambda s: s.add_all([Location(id="loc-a", name="a"), Location(id="loc-b", name="b")]))
-    second = build_database(settings, clock=clock)
+    first, second = standalone_db, second_writer
+    _two_rows(first, "loc-a", "loc-b")
     both_hold_one = threading.Barrier(2, timeout=10)
     started: list[tuple[str, float]] = []
     finished: dict[str, float] = {}
@@ -173,12 +179,9 @@ def test_a_deadlock_loser_runs_again_only_once_the_winner_has_committed(
         finished[name] = time.monotonic()  # then it commits
         return name
 
-    try:
-        one = first.submit(_rename, order=("loc-a", "loc-b"), name="one")
-        two = second.submit(_rename, order=("loc-b", "loc-a"), name="two")
-        assert {one.result(timeout=30), two.result(timeout=30)} == {"one", "two"}
-    finally:
-        second.close()
+    one = first.submit(_rename, order=("loc-a", "loc-b"), name="one")
+    two = second.submit(_rename, order=("loc-b", "loc-a"), name="two")
+    assert {one.result(timeout=30), two.result(timeout=30)} == {"one", "two"}
     assert len(started) == 3
     loser, retried_at = started[2]
     winner = "two" if loser == "one" else "one"
@@ -214,18 +217,15 @@ def test_a_batch_runs_its_units_in_thread_order_keeping_each_threads_own_order(s
     assert ran == [(None, 3), (None, 7), ("t-a", 2), ("t-a", 6), ("t-b", 5), ("t-c", 1), ("t-c", 4)]
 
 
-def test_two_processes_batches_take_thread_rows_in_one_order_and_do_not_deadlock(
-        standalone_db: Database, settings: Settings, clock: FrozenClock, backend: str) -> None:
+def test_two_processes_batches_take_thread_rows_in_one_order_and_do_not_deadlock(standalone_db: Database,
+                                                                                 second_writer: Database) -> None:
     """Each writer gets a batch writing the same two rows, submitted in opposite orders. Run as submitted,
     both would hold one row and wait for the other (a deadlock, a unit run twice); in thread order the
     second batch waits for the first to commit."""
-    if backend != "postgresql":
-        pytest.skip("SQLite has one writer per database: its writers queue, they never deadlock")
     from sqlalchemy import update
 
-    first = standalone_db
-    first.write_sync(lambda s: s.add_all([Location(id="t-a", name="a"), Location(id="t-b", name="b")]))
-    second = build_database(settings, clock=clock)
+    first, second = standalone_db, second_writer
+    _two_rows(first, "t-a", "t-b")
     both_hold_one = threading.Barrier(2, timeout=1)
     runs: list[tuple[str, str]] = []
 
@@ -239,19 +239,16 @@ def test_two_processes_batches_take_thread_rows_in_one_order_and_do_not_deadlock
         record(session, action="test.location.rename", actor_id="tester", subject_id=thread_id)
 
     gates = threading.Event(), threading.Event()
-    try:
-        _gated(first, gates[0])
-        _gated(second, gates[1])
-        futures = [first.submit(rename, thread_id="t-a", name="one", lead=True),
-                   first.submit(rename, thread_id="t-b", name="one", lead=False),
-                   second.submit(rename, thread_id="t-b", name="two", lead=True),
-                   second.submit(rename, thread_id="t-a", name="two", lead=False)]
-        for gate in gates:
-            gate.set()
-        for f in futures:
-            f.result(timeout=30)
-    finally:
-        second.close()
+    _gated(first, gates[0])
+    _gated(second, gates[1])
+    futures = [first.submit(rename, thread_id="t-a", name="one", lead=True),
+               first.submit(rename, thread_id="t-b", name="one", lead=False),
+               second.submit(rename, thread_id="t-b", name="two", lead=True),
+               second.submit(rename, thread_id="t-a", name="two", lead=False)]
+    for gate in gates:
+        gate.set()
+    for f in futures:
+        f.result(timeout=30)
     assert len(runs) == 4  # no unit lost a deadlock and ran again
     names = first.read_sync(lambda s: set(s.scalars(select(Location.name).where(Location.id.in_(["t-a", "t-b"])))))
     assert len(names) == 1  # one batch committed after the other, each whole

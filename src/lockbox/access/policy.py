@@ -99,13 +99,18 @@ def thread_for_read(session: Session, actor: Actor, thread_id: str) -> Thread:
     return thread
 
 
+_threads = cast(Table, Thread.__table__)
+# What the send path needs of a thread (see thread_facts_for_write), as plain columns, not an ORM object.
+_FACTS = tuple(_threads.c[name] for name in ("id", "patient_id", "care_team_id", "pool_id", "assignee_id", "urgent",
+                                             "emergency", "key_version", "data_key_wrapped", "data_key_uses"))
+
+
 @cache
 def _thread_facts_query(role: Role, extra: tuple[ColumnElement[Any], ...] = ()) -> Prepared:
     # The same predicate as _thread_query, returning plain columns: the send path needs no ORM object.
     t = Thread
     return Prepared(
-        select(t.id, t.patient_id, t.care_team_id, t.pool_id, t.assignee_id, t.urgent, t.emergency, t.key_version,
-               t.data_key_wrapped, t.data_key_uses, *extra)
+        select(*_FACTS, *extra)
         .where(t.id == bindparam("thread_id"), _visible(role, bindparam("uid"), bindparam("now", type_=UTCDateTime())))
     )
 
@@ -128,7 +133,6 @@ def _caller_and_thread_facts_query(extra: tuple[ColumnElement[Any], ...]) -> Pre
     # The caller's session, and the thread's facts joined only where _visible, for the caller's role, holds
     # (a CASE over the roles, each branch the predicate above): a thread the caller may not see comes back
     # as NULLs, so its facts never leave the database.
-    t = cast(Table, Thread.__table__)
     uid, role = sessions.SESSION_USER.c.id, sessions.SESSION_USER.c.role
     now = bindparam("now", type_=UTCDateTime())
     # One branch per distinct predicate, the roles grouped by its SQL: whatever _visible decides per role.
@@ -138,9 +142,8 @@ def _caller_and_thread_facts_query(extra: tuple[ColumnElement[Any], ...]) -> Pre
     visible = case(*((or_(*(role == r.value for r in group)), _visible(group[0], uid, now))
                      for group in groups.values()), else_=false())
     return Prepared(
-        select(*sessions.SESSION_COLUMNS, t.c.id, t.c.patient_id, t.c.care_team_id, t.c.pool_id, t.c.assignee_id,
-               t.c.urgent, t.c.emergency, t.c.key_version, t.c.data_key_wrapped, t.c.data_key_uses, *extra)
-        .select_from(sessions.SESSION_FROM.outerjoin(t, and_(t.c.id == bindparam("thread_id"), visible)))
+        select(*sessions.SESSION_COLUMNS, *_FACTS, *extra)
+        .select_from(sessions.SESSION_FROM.outerjoin(_threads, and_(_threads.c.id == bindparam("thread_id"), visible)))
         .where(sessions.SESSION_MATCH)
     )
 

@@ -344,6 +344,12 @@ class Database:
                 self._writer = threading.Thread(target=self._writer_loop, name="lockbox-writer", daemon=True)
                 self._writer.start()
 
+    def _connected(self, conn: Connection | None) -> Connection:
+        """The writer's connection, or a new one when it was closed or lost."""
+        if conn is None or conn.closed or conn.invalidated:
+            return self.write_engine.connect()
+        return conn
+
     def _writer_loop(self) -> None:
         conn: Connection | None = None
         while True:
@@ -366,8 +372,7 @@ class Database:
                 last = attempt == _RETRIES
                 winners: set[int] = set()
                 try:
-                    if conn is None or conn.closed or conn.invalidated:
-                        conn = self.write_engine.connect()
+                    conn = self._connected(conn)
                     batch = self._run_batch(conn, batch, retry=not last, winners=winners)
                 except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
                     if conn is not None:
@@ -385,8 +390,7 @@ class Database:
                     break
                 if winners:
                     try:
-                        if conn is None or conn.closed or conn.invalidated:
-                            conn = self.write_engine.connect()
+                        conn = self._connected(conn)
                         _await_transactions(conn, winners)
                         continue
                     except Exception as exc:  # the wait is an optimisation: the retry is right without it

@@ -109,10 +109,7 @@ def _actor(row: Any, now: datetime, client_addr: str | None) -> tuple[Actor, boo
 
 def actor_for(session: Session, credentials: Credentials) -> Actor:
     """Resolve the caller inside a write unit: authentication, activity and the change share one commit."""
-    actor, stale = resolve_session(session, token=credentials.token, client_addr=credentials.client_addr)
-    if stale and actor.session_id:
-        touch_session(session, session_id=actor.session_id)
-    return actor
+    return accept(session, _RESOLVE.first(session, token_hash=hash_token(credentials.token)), credentials)
 
 
 def accept(session: Session, row: Any, credentials: Credentials) -> Actor:

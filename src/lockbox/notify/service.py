@@ -110,13 +110,23 @@ _RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_users.c.id.in_(bindparam("ids",
 _RECIPIENT = Prepared(select(*_RECIPIENT_COLUMNS).where(_users.c.id == bindparam("id")))
 _MEMBERS = Prepared(select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("thread_id"),
                                                           _participants.c.kind == "member"))
-_NEWEST = Prepared(
-    select(_notifications.c.status, _notifications.c.reason, _notifications.c.sent_at, _notifications.c.thread_id)
-    .where(_notifications.c.user_id == bindparam("user_id"), _notifications.c.thread_id == bindparam("thread_id"),
-           _notifications.c.channel == bindparam("channel"), _notifications.c.kind == bindparam("kind"))
-    .order_by(_notifications.c.created_at.desc(), _notifications.c.id.desc()).limit(1))
-_LAST_READ = Prepared(select(_participants.c.last_read_at).where(
-    _participants.c.thread_id == bindparam("thread_id"), _participants.c.user_id == bindparam("user_id")))
+
+
+def _newest_of(*columns: Any, channel: Any = None, kind: Any = None) -> Any:
+    """The user's newest notification of a kind on a channel, in a thread (all bound unless given)."""
+    n = _notifications.c
+    return (select(*columns)
+            .where(n.user_id == bindparam("user_id"), n.thread_id == bindparam("thread_id"),
+                   n.channel == (bindparam("channel") if channel is None else channel),
+                   n.kind == (bindparam("kind") if kind is None else kind))
+            .order_by(n.created_at.desc(), n.id.desc()).limit(1))
+
+
+_NEWEST = Prepared(_newest_of(_notifications.c.status, _notifications.c.reason, _notifications.c.sent_at,
+                              _notifications.c.thread_id))
+_last_read = select(_participants.c.last_read_at).where(
+    _participants.c.thread_id == bindparam("thread_id"), _participants.c.user_id == bindparam("user_id"))
+_LAST_READ = Prepared(_last_read)
 
 
 class _Newest(NamedTuple):
@@ -129,25 +139,17 @@ class _Newest(NamedTuple):
 class _Known(NamedTuple):
     """What ``queue`` reads for a new_message to one user in one thread, read for all channels at once."""
 
-    newest: dict[str, Any]  # channel -> the newest notification (status, reason, sent_at, thread_id) or None
+    newest: dict[str, _Newest | None]  # channel -> its newest notification, None without one
     last_read_at: datetime | None
     consent: consent.NotificationConsent
-
-
-def _newest_column(channel: str, column: str) -> Any:
-    n = _notifications.c
-    return (select(n[column]).where(n.user_id == bindparam("user_id"), n.thread_id == bindparam("thread_id"),
-                                    n.channel == channel, n.kind == "new_message")
-            .order_by(n.created_at.desc(), n.id.desc()).limit(1).scalar_subquery().label(f"{channel}_{column}"))
 
 
 _NEWEST_FIELDS = ("status", "reason", "sent_at")
 _KNOWN_CHANNELS = ("email", "sms")
 _KNOWN = Prepared(select(
-    *(_newest_column(ch, f) for ch in _KNOWN_CHANNELS for f in _NEWEST_FIELDS),
-    select(_participants.c.last_read_at).where(_participants.c.thread_id == bindparam("thread_id"),
-                                               _participants.c.user_id == bindparam("user_id"))
-    .scalar_subquery().label("last_read_at"),
+    *(_newest_of(_notifications.c[f], channel=ch, kind="new_message").scalar_subquery().label(f"{ch}_{f}")
+      for ch in _KNOWN_CHANNELS for f in _NEWEST_FIELDS),
+    _last_read.scalar_subquery().label("last_read_at"),
     *consent.NOTIFICATION_CONSENT_COLUMNS))
 
 
@@ -167,10 +169,10 @@ def queue(session: Session, *, user: User | Any, channel: str, kind: str, thread
     ``user``: the User, or any row with its ``id``; ``known``: ``_known`` of this user and thread (a new_message)."""
     rt = runtime_of(session)
     now = rt.clock.now()
-    if known is not None and channel in known.newest:
+    if known is not None and kind == "new_message" and channel in known.newest:
         newest = known.newest[channel]
     else:
-        known = None
+        known = None  # read for another kind or channel: queue reads for itself
         newest = _newest(session, user.id, thread_id, channel, kind) if thread_id else None
     if newest is not None and newest.status in PENDING:
         return None

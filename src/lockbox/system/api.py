@@ -1,8 +1,8 @@
 """Health endpoints; ``/ping`` is the no-op the send benchmark measures the HTTP stack's ceiling with.
 
 ``/healthz`` says the process serves and reads its database (liveness); ``/readyz`` also checks that
-the schema is current, the key provider answers and triage is warmed up (readiness: send traffic here). ``/metrics`` (at
-the root, for Prometheus) answers loopback callers or holders of ``LOCKBOX_METRICS_TOKEN``.
+the schema is current, the key provider answers and triage is warmed up (readiness: send traffic here).
+``/metrics`` (at the root, for Prometheus) answers loopback callers or holders of ``LOCKBOX_METRICS_TOKEN``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lockbox.routing.classify import LANGUAGES, TOPICS, URGENCIES, Triage, classify
-from lockbox.routing.classify.context import ContextScoper
+from lockbox.routing.classify.context import ContextScoper, _literals
 from lockbox.routing.classify.engine import engine
 from lockbox.routing.classify.lexicon import Lexicon, LexiconError, load_data
 from lockbox.routing.classify.model import load_corpus
@@ -144,6 +144,17 @@ def test_the_shipped_lexicon_matches_with_gaps_prefixes_and_numbers() -> None:
 def test_a_context_literal_listed_twice_is_refused() -> None:
     data = load_data("context.yaml")
     data["rules"].append({"category": "NEGATED", "direction": "FORWARD", "fillers": "NO", "literals": ["denies"]})
+    with pytest.raises(ValueError, match="listed twice"):
+        ContextScoper(engine().lexicon, data)
+
+
+def test_context_phrases_multiply_out_and_are_held_to_the_same_duplicate_check() -> None:
+    spec = {"phrases": [[["told", "said to"], ["the", "my"], ["nurse"]]], "literals": ["per the chart"]}
+    assert _literals(spec) == ["told the nurse", "told my nurse", "said to the nurse", "said to my nurse",
+                               "per the chart"]
+    data = load_data("context.yaml")
+    data["rules"].append({"category": "NEGATED", "direction": "FORWARD", "fillers": "NO",
+                          "phrases": [[["told"], ["the"], ["nurse"]]]})  # already a PSEUDO phrase
     with pytest.raises(ValueError, match="listed twice"):
         ContextScoper(engine().lexicon, data)
 

@@ -3,6 +3,7 @@ built from our own tokens (words no rule names become "_", so no patient word en
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,8 +100,7 @@ class ContextScoper:
             check = _between_check(
                 fillers[spec["fillers"]] if "fillers" in spec else None, negation=category.name in _NEGATIONS
             )
-            for literal in spec["literals"]:
-                literal = str(literal)
+            for literal in _literals(spec):
                 if literal in seen:
                     # Two rules on one span: medspaCy keeps one of them, silently; refuse instead.
                     raise ValueError(f"context rule {literal!r} is listed twice")
@@ -271,3 +271,10 @@ def _sentence_of(bounds: list[tuple[int, int]], position: int) -> int:
 
 def load(lexicon: Lexicon) -> ContextScoper:
     return ContextScoper(lexicon, load_data("context.yaml"))
+
+
+def _literals(spec: dict[str, Any]) -> list[str]:
+    """A rule's literals: its ``phrases`` (each a list of word lists: every choice of one word from each, joined by
+    spaces, so "told/said to" x "the/my" x "nurse/doctor" is written once) and then its ``literals``."""
+    expanded = [" ".join(words) for phrase in spec.get("phrases", ()) for words in itertools.product(*phrase)]
+    return expanded + [str(literal) for literal in spec.get("literals", ())]

@@ -117,6 +117,24 @@ def test_urgent_thread_emails_staff_members_only(client: TestClient, clinic: Cli
     assert "ZEBRA" not in mail.as_string()
 
 
+def test_urgent_thread_emails_its_assignee_not_the_rest_of_its_pool(client: TestClient, clinic: Clinic, db: Database,
+                                                                   worker: Worker, smtp: Sink) -> None:
+    set_contact(db, clinic.nurse, email="nina@riverside.example")
+    doctor = Api(client, clinic.doctor)
+    r = doctor.post("/threads", json={"subject": "Consult ZEBRA-SUBJECT", "body": "ZEBRA-BODY", "urgent": True,
+                                      "to": ["nurse-triage"], "confirm_recipients": True})
+    assert r.status_code == 201, r.text
+    thread = r.json()["id"]
+    assert doctor.post(f"/threads/{thread}/messages", json={"body": "ZEBRA-2"}).status_code == 201
+    assert notifications(db) == []  # in the pool, not a member: the pool queue is enough
+    assert Api(client, clinic.nurse).post(f"/threads/{thread}/claim").status_code == 200
+    assert doctor.post(f"/threads/{thread}/messages", json={"body": "ZEBRA-3"}).status_code == 201
+    drain(worker)
+    [(rcpt, mail)] = smtp.mails
+    assert rcpt == ["nina@riverside.example"]
+    assert "ZEBRA" not in mail.as_string()
+
+
 def test_email_opt_out_is_recorded_as_suppressed_and_nothing_is_sent(client: TestClient, clinic: Clinic,
                                                                     db: Database, worker: Worker,
                                                                     smtp: Sink) -> None:

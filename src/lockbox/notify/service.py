@@ -72,31 +72,25 @@ def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id
     # The only patient a thread can reach is its own; staff hear by email only when it is urgent.
     # Most messages (a patient's routine reply to the team) therefore notify nobody: skip the queries.
     pressing = thread.urgent or thread.emergency
-    if thread.patient_id not in recipient_ids and not pressing:
+    recipients = set(recipient_ids)
+    if thread.patient_id not in recipients and not pressing:
         return
-    # A routine message can reach its patient only: read that one account, not every recipient's.
-    users: list[Any]
-    if pressing:
-        users = [u for u in session.execute(_RECIPIENTS, {"ids": recipient_ids}) if u.active]
-    else:
+    users: list[Any] = []
+    if thread.patient_id in recipients:
         found = [patient] if patient is not None and patient.id == thread.patient_id else \
             _RECIPIENT.all(session, id=thread.patient_id)
         users = [u for u in found if u.active and (u.email or u.phone)]
-        if not users:
-            return
-    staff_pinged: set[str] = set()
-    # Staff are told by email only: without an address among them, who is a member does not matter.
-    if pressing and any(u.role != Role.patient and u.email for u in users):
-        staff_pinged = set(_MEMBERS.scalars(session, thread_id=thread_id))
-        if thread.assignee_id:
-            staff_pinged.add(thread.assignee_id)
+    if pressing:
+        # Staff are told by email, and only as a member or the assignee: read just those with an address.
+        users += [u for u in _EMAILED_STAFF.all(session, thread_id=thread_id, assignee_id=thread.assignee_id)
+                  if u.id in recipients and u.active and u.email]
     for user in users:
         if user.role == Role.patient:
-            known = _known(session, user.id, thread_id) if user.email or user.phone else None
+            known = _known(session, user.id, thread_id)
             for channel, address in (("email", user.email), ("sms", user.phone)):
                 if address:
                     queue(session, user=user, channel=channel, kind="new_message", thread_id=thread_id, known=known)
-        elif user.id in staff_pinged and user.email:
+        else:
             queue(session, user=user, channel="email", kind="new_message", thread_id=thread_id,
                   known=_known(session, user.id, thread_id))
 
@@ -106,10 +100,14 @@ _participants = cast(Table, Participant.__table__)
 _notifications = cast(Table, Notification.__table__)
 # The send path's reads, prepared (see lockbox.db.prepared).
 _RECIPIENT_COLUMNS = (_users.c.id, _users.c.role, _users.c.email, _users.c.phone, _users.c.active)
-_RECIPIENTS = select(*_RECIPIENT_COLUMNS).where(_users.c.id.in_(bindparam("ids", expanding=True)))
 _RECIPIENT = Prepared(select(*_RECIPIENT_COLUMNS).where(_users.c.id == bindparam("id")))
-_MEMBERS = Prepared(select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("thread_id"),
+# A pressing thread's staff who can be emailed: its members and its assignee with an address (prepared:
+# an IN list of the recipients was compiled afresh for every message, a quarter of the writer's time).
+_EMAILED_STAFF = Prepared(select(*_RECIPIENT_COLUMNS).where(
+    _users.c.role != Role.patient.value, _users.c.email.is_not(None),
+    _users.c.id.in_(select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("thread_id"),
                                                           _participants.c.kind == "member"))
+    | (_users.c.id == bindparam("assignee_id"))))
 
 
 def _newest_of(*columns: Any, channel: Any = None, kind: Any = None) -> Any:

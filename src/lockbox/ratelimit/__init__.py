@@ -3,9 +3,9 @@
 Counters live in Redis when ``redis_url`` is set (every process shares them), else in memory.
 A refused request is a 429 with Retry-After, rendered like every other domain error.
 
-Every limit is a ``limits`` sliding window counter. In memory, ``limits`` counts them. In Redis, the
-limits of one request are counted by one script (``_ACQUIRE_IN_ORDER``) in one round trip, on the
-keys ``limits``' RedisStorage uses, so both see and keep the same counters.
+Every limit is a ``limits`` sliding window counter. In Redis, the limits of one request are counted by one
+script (``_ACQUIRE_IN_ORDER``) in one round trip, on the keys ``limits``' RedisStorage uses, so both see and
+keep the same counters. In memory, ``memory.WindowCounters`` counts them as that script does.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Request
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from redis.exceptions import RedisError
@@ -29,6 +29,7 @@ from lockbox.config import Settings
 from lockbox.errors import Throttled, Unauthenticated
 from lockbox.http import bearer_token, client_addr, state
 from lockbox.identity import sessions
+from lockbox.ratelimit.memory import WindowCounters
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +103,17 @@ class RateLimits:
 
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
         self.enabled = settings.rate_limits_enabled
-        # Redis (one script per request) unless a storage is given or none is configured.
+        # Redis (one script per request) when configured, else counters in memory; a ``limits`` storage when
+        # one is given (the tests hold the other two to it).
         self._redis: aioredis.Redis | None = None
-        if storage is None and settings.redis_url:
+        self._limiter: SlidingWindowCounterRateLimiter | None = None
+        self._counters = WindowCounters()
+        if storage is not None:
+            self._limiter = SlidingWindowCounterRateLimiter(storage)
+        elif settings.redis_url:
             self._redis = _redis_client(settings.redis_url)
             self._acquire = self._redis.register_script(_ACQUIRE_IN_ORDER)
             self._key_prefix = f"{settings.redis_prefix}:ratelimit"
-        # limits' MemoryStorage (5.8) sweeps all its counters after nearly every hit, with no setting to
-        # space the sweeps: a check costs more as counters live (~0.5 ms at 6,000): fine for one small
-        # process; Redis is the answer for more.
-        self.storage = storage or MemoryStorage()
-        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.rules: dict[tuple[Action, str], list[RateLimitItem]] = {
             (action, scope): parse_many(getattr(settings, f"rate_{action}_{scope}"))
             for action in ACTIONS for scope in ("account", "address")
@@ -137,8 +138,10 @@ class RateLimits:
             return
         if self._redis is not None:
             retry = await self._check_in_redis(counted)
+        elif self._limiter is not None:
+            retry = await self._check_in_storage(self._limiter, counted)
         else:
-            retry = await self._check_in_storage(counted)
+            retry = self._check_in_memory(counted)
         if retry is not None:
             raise Throttled(retry, "Too many requests. Try again later.")
 
@@ -162,12 +165,21 @@ class RateLimits:
         return _retry_after(counted[index - 1][0], previous_count, previous_ttl_ms, current_count,
                             current_ttl_ms)
 
-    async def _check_in_storage(self, counted: Counted) -> int | None:
+    def _check_in_memory(self, counted: Counted) -> int | None:
+        refused = self._counters.acquire_in_order(
+            [(item.amount, item.get_expiry(), item.key_for(*identifiers)) for item, identifiers in counted])
+        if refused is None:
+            return None
+        index, previous_count, previous_ttl_s, current_count, current_ttl_s = refused
+        return _retry_after(counted[index][0], previous_count, int(previous_ttl_s * 1000), current_count,
+                            int(current_ttl_s * 1000))
+
+    async def _check_in_storage(self, limiter: SlidingWindowCounterRateLimiter, counted: Counted) -> int | None:
         for item, identifiers in counted:
             try:
-                if await self.limiter.hit(item, *identifiers):
+                if await limiter.hit(item, *identifiers):
                     continue
-                stats = await self.limiter.get_window_stats(item, *identifiers)
+                stats = await limiter.get_window_stats(item, *identifiers)
             except StorageError as exc:
                 self._warn(exc)
                 return None

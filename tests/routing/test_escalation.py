@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
 
+from lockbox.access.actor import Actor
 from lockbox.app import build_database
 from lockbox.clock import FrozenClock
 from lockbox.config import Settings
 from lockbox.db import Database
+from lockbox.identity.roles import Role
 from lockbox.jobs.models import Job
 from lockbox.jobs.worker import Worker
+from lockbox.messaging import service as messaging
+from lockbox.routing import escalation
 from lockbox.routing.models import RoutingState
+from lockbox.routing.service import rules_for
 from tests.routing.conftest import Routing
 
 BILL = ("Question about my bill", "I was charged twice for my visit last month, can someone check my invoice?")
@@ -154,3 +162,78 @@ def test_two_workers_race_for_one_timer(routing: Routing, clock: FrozenClock, se
     assert sum(ran) >= 1
     assert _notified(r) == [(r.lead.id, "pool_lead")]
     assert [e.subject_id for e in r.audit("routing.thread.escalate")] == [tid]
+
+
+# -- another process's writer, mid-batch (PostgreSQL: SQLite runs one write transaction at a time) ----------
+
+
+def _held_unit(db: Database) -> tuple[Connection, Session]:
+    """A unit of work left open, as another server process's writer holds its batch until COMMIT."""
+    conn = db.write_engine.connect()
+    conn.begin()
+    session = Session(bind=conn)
+    session.info["runtime"] = db.runtime
+    return conn, session
+
+
+def _due_timer(r: Routing, tid: str) -> dict[str, object]:
+    state = r.query(lambda s: s.get(RoutingState, tid))
+    return {"thread_id": tid, "generation": state.generation, "step": state.step}
+
+
+def _fire(session: Session, payload: dict[str, object]) -> str:
+    return escalation.fire(session, payload, rules=rules_for(session))
+
+
+def _read_then_due(r: Routing, clock: FrozenClock, backend: str) -> str:
+    """A thread a nurse has read (acknowledged, not answered) whose timer is due."""
+    if backend == "sqlite":
+        pytest.skip("SQLite runs one write transaction at a time: a reply and a timer cannot interleave")
+    tid = _urgent(r)
+    assert r.api(r.c.nurse).post(f"/threads/{tid}/read").status_code == 204
+    clock.advance(HOUR + 1)
+    return tid
+
+
+def test_a_reply_while_another_process_stops_the_clock_starts_it_again(
+        routing: Routing, clock: FrozenClock, db: Database, backend: str) -> None:
+    r = routing
+    tid = _read_then_due(r, clock, backend)
+    conn, timer = _held_unit(db)
+    replies: list[Any] = []
+    try:
+        assert _fire(timer, _due_timer(r, tid)) == "acknowledged"  # the nurse read it: the clock stops
+        timer.flush()
+        reply = threading.Thread(target=lambda: replies.append(
+            r.api(r.c.patient).post(f"/threads/{tid}/messages", json={"body": "It is worse now."})))
+        reply.start()
+        reply.join(1.0)  # the reply waits for the timer's transaction
+        conn.commit()
+        reply.join(30)
+    finally:
+        conn.close()
+    assert replies and replies[0].status_code == 201
+    state = r.query(lambda s: s.get(RoutingState, tid))
+    assert state.pending_seq == replies[0].json()["seq"]  # the patient waits again, on a running clock
+
+
+def test_a_timer_firing_while_another_process_stores_a_reply_sees_the_reply(
+        routing: Routing, clock: FrozenClock, db: Database, backend: str) -> None:
+    r = routing
+    tid = _read_then_due(r, clock, backend)
+    patient = Actor(r.c.patient.id, r.c.patient.username, Role.patient, "Pat")
+    payload = _due_timer(r, tid)
+    conn, writer = _held_unit(db)
+    outcomes: list[str] = []
+    try:
+        sent = messaging.reply(writer, actor=patient, thread_id=tid, body="It is worse now.")
+        writer.flush()
+        timer = threading.Thread(target=lambda: outcomes.append(db.write_sync(_fire, payload=payload)))
+        timer.start()
+        timer.join(1.0)  # the timer waits for the reply's transaction
+        conn.commit()
+        timer.join(30)
+    finally:
+        conn.close()
+    assert outcomes == ["rearmed"]
+    assert r.query(lambda s: s.get(RoutingState, tid)).pending_seq == sent.seq

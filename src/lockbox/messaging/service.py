@@ -445,9 +445,10 @@ _JOIN = Prepared(insert(_participants).values(
 
 
 
-def _send_pg() -> Prepared:
+def _send_pg(*, patient: bool) -> Prepared:
     """PostgreSQL: _BUMP, _INSERT_MESSAGE and _MARK_OWN as one statement (data-modifying CTEs), so a
-    message costs one round trip instead of three. Returns seq, uses and own (receipts updated)."""
+    message costs one round trip instead of three. Returns seq, uses and own (receipts updated); a
+    patient's also the thread's response clock, locked (``routing.service.CLOCK_OF_THREAD``)."""
     bump = (update(_threads).where(_threads.c.id == bindparam("b_thread"))
             .values(message_count=_threads.c.message_count + 1,
                     data_key_uses=_threads.c.data_key_uses + bindparam("b_uses"),
@@ -464,16 +465,17 @@ def _send_pg() -> Prepared:
            .values(kind="member", last_read_seq=bump.c.seq, last_delivered_seq=bump.c.seq,
                    last_read_at=bindparam("b_now"))
            .returning(_participants.c.user_id)).cte("own")
-    # The thread's response clock too, which a patient's reply reads next (a staff reply ignores it).
-    clocked = select(_routing_states.c.thread_id).where(_routing_states.c.thread_id == bindparam("b_thread"))
-    pending = select(_routing_states.c.pending_seq).where(_routing_states.c.thread_id == bindparam("b_thread"))
-    return Prepared(select(bump.c.seq, bump.c.uses,
-                           select(func.count()).select_from(own).scalar_subquery().label("own"),
-                           clocked.exists().label("clocked"),
-                           pending.scalar_subquery().label("pending_seq")).add_cte(message))
+    seq_uses_own = (bump.c.seq, bump.c.uses, select(func.count()).select_from(own).scalar_subquery().label("own"))
+    if not patient:
+        return Prepared(select(*seq_uses_own).add_cte(message))
+    # The thread's response clock too, which a patient's reply reads next.
+    clock = routing.CLOCK_OF_THREAD.cte("clock")
+    return Prepared(select(*seq_uses_own, select(clock).exists().label("clocked"),
+                           select(clock.c.pending_seq).scalar_subquery().label("pending_seq")).add_cte(message))
 
 
-_SEND_PG = _send_pg()
+_SEND_PG = _send_pg(patient=False)
+_SEND_PG_PATIENT = _send_pg(patient=True)
 _users = cast(Table, User.__table__)
 
 
@@ -519,12 +521,14 @@ def _append(session: Session, actor: Actor, thread: Any, body: str,
         # the sequence is known, so the key's budget is checked first against the uses just read.
         if thread.data_key_uses + uses >= aead.SEAL_LIMIT:
             raise KeyExhausted("thread data key reached its seal budget")
-        sent = _SEND_PG.first(session, b_thread=thread.id, b_uses=uses, b_now=now, b_id=message_id,
-                              b_sender=actor.user_id, b_body=cipher.seal_body(message_id, body), b_user=actor.user_id)
+        send = _SEND_PG_PATIENT if actor.is_patient else _SEND_PG
+        sent = send.first(session, b_thread=thread.id, b_uses=uses, b_now=now, b_id=message_id,
+                          b_sender=actor.user_id, b_body=cipher.seal_body(message_id, body), b_user=actor.user_id)
         if sent is None:
             raise NotFound()
         seq, total_uses, joined = int(sent.seq), int(sent.uses), bool(sent.own)
-        clock = sent if sent.clocked else None
+        if actor.is_patient:
+            clock = sent if sent.clocked else None
         if total_uses >= aead.SEAL_LIMIT:  # another process sent meanwhile: this one is rolled back
             raise KeyExhausted("thread data key reached its seal budget")
     else:

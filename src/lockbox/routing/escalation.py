@@ -110,7 +110,9 @@ def bring_in(session: Session, thread_id: str, user_ids: list[str], now: datetim
 def fire(session: Session, payload: dict[str, Any], *, rules: RuleSet) -> str:
     """The ``routing.escalate`` handler's work; returns what it did (for tests and logs)."""
     thread_id = str(payload["thread_id"])
-    state = session.get(RoutingState, thread_id)
+    # Locked: a patient's reply stored meanwhile by another process is then seen here, or sees this
+    # (``routing.service.CLOCK_OF_THREAD``).
+    state = session.get(RoutingState, thread_id, with_for_update=True)
     thread = session.get(Thread, thread_id)
     if state is None or thread is None or state.generation != int(payload["generation"]) \
             or state.step != int(payload["step"]) or state.pending_seq is None:

@@ -244,7 +244,13 @@ UNSCREENED: Any = _Unscreened()
 # The caller has not read the thread's response clock (else: its row with ``pending_seq``, or None).
 UNREAD: Any = object()
 _routing_states = cast(Table, RoutingState.__table__)
-_CLOCK = Prepared(select(_routing_states.c.pending_seq).where(_routing_states.c.thread_id == bindparam("b_thread")))
+# A patient's reply reads the response clock locked (PostgreSQL; SQLite runs one write transaction at a time),
+# as the escalation timer does (``escalation.fire``): else a timer settling the clock in another process's
+# batch, not yet committed, and a reply it cannot see yet would each leave the other's change out, and the
+# reply would wait on no clock.
+CLOCK_OF_THREAD = select(_routing_states.c.pending_seq).where(_routing_states.c.thread_id == bindparam("b_thread")) \
+    .with_for_update(key_share=True)
+_CLOCK = Prepared(CLOCK_OF_THREAD)
 
 
 def route_patient_reply(
@@ -273,7 +279,7 @@ def route_patient_reply(
             if state is not None:
                 escalation.arm(session, state, rules=rules_for(session), seq=seq, since=now)
         return None
-    state = session.get(RoutingState, thread_id)
+    state = session.get(RoutingState, thread_id, with_for_update=True)  # see CLOCK_OF_THREAD
     thread = session.get(Thread, thread_id)
     if thread is None:
         return None

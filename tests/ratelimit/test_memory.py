@@ -6,6 +6,7 @@ count are forgotten."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from limits import parse
@@ -14,7 +15,7 @@ from lockbox.config import Settings
 from lockbox.errors import Throttled
 from lockbox.ratelimit import RateLimits
 from lockbox.ratelimit.memory import SWEEP_EVERY_S, WindowCounters
-from tests.ratelimit.test_redis_script import _clear
+from tests.ratelimit.test_redis_script import _at, _clear
 
 
 class Clock:
@@ -48,6 +49,7 @@ def test_the_counters_answer_like_the_redis_script(tmp_path: Path, redis_url: st
 
     async def test() -> None:
         answers = []
+        started = time.monotonic()
         for step in range(16):
             account = "u2" if step % 4 == 3 else "u1"
             redis_says, memory_says = await _attempt(in_redis, account), await _attempt(in_memory, account)
@@ -55,7 +57,7 @@ def test_the_counters_answer_like_the_redis_script(tmp_path: Path, redis_url: st
             if redis_says is not None and memory_says is not None:
                 assert abs(redis_says - memory_says) <= 1, (step, redis_says, memory_says)
             answers.append(memory_says)
-            await asyncio.sleep(0.15)
+            await _at(started + 0.15 * (step + 1))
         assert answers.count(None) >= 5 and len(answers) - answers.count(None) >= 5
 
     try:

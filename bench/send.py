@@ -1,6 +1,6 @@
 """Send throughput and latency of the real server against its own HTTP ceiling (ARCHITECTURE section 7).
 
-Usage: .venv/bin/python bench/send.py [--backend sqlite|postgresql|both] [--duration 10]
+Usage: .venv/bin/python bench/send.py [--backend sqlite|postgresql|both] [--duration 10] [--senders 8,64]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ WARMUP_S = 2
 SEND_LIMIT = "2000/second;120000/minute"  # per account; the production default is 200/second
 
 # Wide enough for the table when the output goes to a file or a pipe, not a terminal.
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 # wrk's Lua: round-robin over (path, token) so consecutive requests hit different threads and senders;
 # done() hands the figures back as one JSON line instead of wrk's human summary.
@@ -176,7 +176,7 @@ def stored_replies(server: ServerProcess, nurse: Person) -> int:
     return sum(t["message_count"] - 1 for t in r.json())
 
 
-def bench_backend(backend: str, wrk: str, seconds: int) -> list[Row]:
+def bench_backend(backend: str, wrk: str, seconds: int, senders: tuple[int, ...] = CONCURRENCY) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix=f"lockbox-bench-{backend}-") as tmp:
         workdir = Path(tmp)
         with database(backend, workdir) as url:
@@ -191,13 +191,13 @@ def bench_backend(backend: str, wrk: str, seconds: int) -> list[Row]:
                                                                "LOCKBOX_RATE_SEND_ACCOUNT": SEND_LIMIT})
             server.start()
             try:
-                return _measure(backend, wrk, seconds, server, workdir, patients, nurses)
+                return _measure(backend, wrk, seconds, server, workdir, patients, nurses, senders)
             finally:
                 server.stop()
 
 
 def _measure(backend: str, wrk: str, seconds: int, server: ServerProcess, workdir: Path,
-             patients: list[Person], nurses: list[Person]) -> list[Row]:
+             patients: list[Person], nurses: list[Person], senders: tuple[int, ...]) -> list[Row]:
     targets = []
     for i, patient in enumerate(patients):
         r = httpx.post(server.base_url + "/api/v1/threads", timeout=30,
@@ -217,10 +217,10 @@ def _measure(backend: str, wrk: str, seconds: int, server: ServerProcess, workdi
     send_lua.write_text(LUA_SEND.replace("TARGETS", lua_targets) + LUA_DONE)
 
     console.print(f"[bold]{backend}[/]: warming up")
-    run_wrk(wrk, server, "/api/v1/ping", ping_lua, max(CONCURRENCY), WARMUP_S)
-    run_wrk(wrk, server, "/", send_lua, max(CONCURRENCY), WARMUP_S)
+    run_wrk(wrk, server, "/api/v1/ping", ping_lua, max(senders), WARMUP_S)
+    run_wrk(wrk, server, "/", send_lua, max(senders), WARMUP_S)
     rows = []
-    for c in CONCURRENCY:
+    for c in senders:
         console.print(f"[bold]{backend}[/]: {c} connections, ping then send, {seconds} s each")
         ping = run_wrk(wrk, server, "/api/v1/ping", ping_lua, c, seconds)
         before = stored_replies(server, nurses[0])
@@ -236,7 +236,8 @@ def report(rows: list[Row], seconds: int) -> None:
     table = Table(title=f"POST /threads/{{id}}/messages vs GET /ping — {os.cpu_count()} cores ({cpu}), "
                         f"{seconds} s per run, one uvicorn worker, wrk -t1")
     for col in ("backend", "senders", "ping req/s", "send msg/s", "p50 ms", "p99 ms", "send/ceiling",
-                f"budget ≥{BUDGET:.0%}", "errors", "stored", "server CPU", "helpers CPU", "wrk CPU"):
+                f"budget ≥{BUDGET:.0%}", "errors", "stored", "server CPU", "helpers CPU", "wrk CPU",
+                "server ms/msg", "server ms/ping"):
         table.add_column(col, justify="left" if col == "backend" else "right")
     # The ceiling is the best the bare stack did on that server, whatever the concurrency.
     ceiling = {b: max(r.ping.rate for r in rows if r.backend == b) for b in {r.backend for r in rows}}
@@ -248,17 +249,21 @@ def report(rows: list[Row], seconds: int) -> None:
         table.add_row(r.backend, str(r.senders), f"{r.ping.rate:,.0f}", f"{r.send.rate:,.0f}",
                       f"{r.send.p50_ms:.1f}", f"{r.send.p99_ms:.1f}", f"{ratio:.0%}", ok,
                       str(r.send.errors + r.ping.errors), stored, f"{r.send.server_cpu:.0%}",
-                      f"{r.send.helpers_cpu:.0%}", f"{r.send.wrk_cpu:.0%}")
+                      f"{r.send.helpers_cpu:.0%}", f"{r.send.wrk_cpu:.0%}",
+                      f"{1000 * r.send.server_cpu / r.send.rate:.2f}", f"{1000 * r.ping.server_cpu / r.ping.rate:.3f}")
     console.print(table)
     console.print("ceiling = the best GET /api/v1/ping rate of that server; CPU is per core during the send run "
                   "(100% = one core; helpers = the server's emergency-check processes); stored = replies found "
-                  "afterwards (must be ≥ the 201s).")
+                  "afterwards (must be ≥ the 201s); ms/msg and ms/ping = the server's CPU per request, steadier "
+                  "than rates on a shared machine when comparing two versions.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--senders", default=",".join(map(str, CONCURRENCY)),
+                        help="concurrent senders of each run, comma-separated")
     args = parser.parse_args()
     wrk = ensure_wrk()
     load = os.getloadavg()[0]
@@ -267,7 +272,8 @@ def main() -> None:
         console.print(f"[yellow]load average is {load:.1f} before starting: figures will be noisy[/]")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     started = time.monotonic()
-    rows = [row for b in backends for row in bench_backend(b, wrk, args.duration)]
+    senders = tuple(int(n) for n in args.senders.split(","))
+    rows = [row for b in backends for row in bench_backend(b, wrk, args.duration, senders)]
     report(rows, args.duration)
     console.print(f"total {time.monotonic() - started:.0f} s")
 

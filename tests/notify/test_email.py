@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from lockbox.clock import FrozenClock
 from lockbox.db import Database
+from lockbox.identity.models import User
 from lockbox.jobs import service as jobs
 from lockbox.jobs.models import Job
 from lockbox.jobs.worker import Worker
@@ -133,6 +134,28 @@ def test_urgent_thread_emails_its_assignee_not_the_rest_of_its_pool(client: Test
     [(rcpt, mail)] = smtp.mails
     assert rcpt == ["nina@riverside.example"]
     assert "ZEBRA" not in mail.as_string()
+
+
+def test_urgent_thread_does_not_email_a_deactivated_member(client: TestClient, clinic: Clinic, db: Database,
+                                                           worker: Worker, smtp: Sink) -> None:
+    set_contact(db, clinic.nurse, email="nina@riverside.example")
+    set_contact(db, clinic.other_team_doctor, email="wilson@riverside.example")
+    doctor = Api(client, clinic.doctor)
+    body = {"subject": "Consult ZEBRA-SUBJECT", "body": "ZEBRA-BODY", "to": ["nina.nurse", "dr.wilson"],
+            "confirm_recipients": True, "urgent": True}
+    r = doctor.post("/threads", json=body)
+    assert r.status_code == 201, r.text
+    drain(worker)
+    assert sorted(rcpt for rcpt, _ in smtp.mails) == [["nina@riverside.example"], ["wilson@riverside.example"]]
+    for member in (clinic.nurse, clinic.other_team_doctor):  # both read it: each would be told again
+        assert Api(client, member).post(f"/threads/{r.json()['id']}/read").status_code == 204
+    db.write_sync(lambda s: s.execute(update(User).where(User.id == clinic.nurse.id).values(active=False)))
+    assert doctor.post(f"/threads/{r.json()['id']}/messages", json={"body": "ZEBRA-2"}).status_code == 201
+    drain(worker)
+    told = [n.user_id for n in notifications(db) if n.status == "sent"]
+    assert told.count(clinic.other_team_doctor.id) == 2
+    # Deactivated: nothing queued at all (delivery would only have suppressed it).
+    assert [n.user_id for n in notifications(db)].count(clinic.nurse.id) == 1
 
 
 def test_email_opt_out_is_recorded_as_suppressed_and_nothing_is_sent(client: TestClient, clinic: Clinic,

@@ -86,6 +86,11 @@ def _lost_to(exc: BaseException, backend_pid: int | None) -> int | None:
     return None
 
 
+def _winner(exc: BaseException, conn: Connection) -> int | None:
+    """The transaction a unit or batch that failed with ``exc`` on ``conn`` lost a deadlock to, if it did."""
+    return _lost_to(exc, _backend_pid(conn)) if _transient(exc) else None
+
+
 def _backend_pid(conn: Connection) -> int | None:
     try:
         info = getattr(conn.connection.driver_connection, "info", None)
@@ -376,7 +381,7 @@ class Database:
                     batch = self._run_batch(conn, batch, retry=not last, winners=winners)
                 except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
                     if conn is not None:
-                        if _transient(exc) and (xid := _lost_to(exc, _backend_pid(conn))) is not None:
+                        if (xid := _winner(exc, conn)) is not None:
                             winners.add(xid)
                         conn.close()
                         conn = None
@@ -435,7 +440,7 @@ class Database:
                         session.rollback()
                         if retry and _transient(exc):
                             again.append(unit)
-                            if winners is not None and (xid := _lost_to(exc, _backend_pid(conn))) is not None:
+                            if winners is not None and (xid := _winner(exc, conn)) is not None:
                                 winners.add(xid)
                         else:
                             failed.append((unit, False, exc))

@@ -83,7 +83,7 @@ def message_sent(session: Session, *, thread_id: str, message_id: str, sender_id
     if pressing:
         # Staff are told by email, and only as a member or the assignee: read just those with an address.
         users += [u for u in _EMAILED_STAFF.all(session, thread_id=thread_id, assignee_id=thread.assignee_id)
-                  if u.id in recipients and u.active and u.email]
+                  if u.id in recipients]
     for user in users:
         if user.role == Role.patient:
             known = _known(session, user.id, thread_id)
@@ -104,7 +104,7 @@ _RECIPIENT = Prepared(select(*_RECIPIENT_COLUMNS).where(_users.c.id == bindparam
 # A pressing thread's staff who can be emailed: its members and its assignee with an address (prepared:
 # an IN list of the recipients was compiled afresh for every message, a quarter of the writer's time).
 _EMAILED_STAFF = Prepared(select(*_RECIPIENT_COLUMNS).where(
-    _users.c.role != Role.patient.value, _users.c.email.is_not(None),
+    _users.c.role != Role.patient.value, _users.c.active.is_(True), _users.c.email.is_not(None), _users.c.email != "",
     _users.c.id.in_(select(_participants.c.user_id).where(_participants.c.thread_id == bindparam("thread_id"),
                                                           _participants.c.kind == "member"))
     | (_users.c.id == bindparam("assignee_id"))))

@@ -83,18 +83,18 @@ def _redis_client(redis_url: str) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
 
-def _retry_after(item: RateLimitItem, previous_count: int, previous_ttl_ms: int, current_count: int,
-                 current_ttl_ms: int) -> int:
+def _retry_after(item: RateLimitItem, previous_count: int, previous_ttl_s: float, current_count: int,
+                 current_ttl_s: float) -> int:
     """Seconds until ``item`` lets one more through: SlidingWindowCounterRateLimiter.get_window_stats's
-    reset time, from the window the script read."""
+    reset time, from the window the script (or the counters in memory) read."""
     if not (previous_count or current_count):
         return 1
     expiry = item.get_expiry()
     previous_reset_in = current_reset_in = math.inf
     if previous_count:
-        previous_reset_in = (previous_ttl_ms / 1000) % (expiry / previous_count)
+        previous_reset_in = previous_ttl_s % (expiry / previous_count)
     if current_count:
-        current_reset_in = (current_ttl_ms / 1000) % expiry
+        current_reset_in = current_ttl_s % expiry
     return max(1, math.ceil(min(previous_reset_in, current_reset_in)))
 
 
@@ -162,8 +162,8 @@ class RateLimits:
         if not refused:
             return None
         index, previous_count, previous_ttl_ms, current_count, current_ttl_ms = (int(v) for v in refused)
-        return _retry_after(counted[index - 1][0], previous_count, previous_ttl_ms, current_count,
-                            current_ttl_ms)
+        return _retry_after(counted[index - 1][0], previous_count, previous_ttl_ms / 1000, current_count,
+                            current_ttl_ms / 1000)
 
     def _check_in_memory(self, counted: Counted) -> int | None:
         refused = self._counters.acquire_in_order(
@@ -171,8 +171,7 @@ class RateLimits:
         if refused is None:
             return None
         index, previous_count, previous_ttl_s, current_count, current_ttl_s = refused
-        return _retry_after(counted[index][0], previous_count, int(previous_ttl_s * 1000), current_count,
-                            int(current_ttl_s * 1000))
+        return _retry_after(counted[index][0], previous_count, previous_ttl_s, current_count, current_ttl_s)
 
     async def _check_in_storage(self, limiter: SlidingWindowCounterRateLimiter, counted: Counted) -> int | None:
         for item, identifiers in counted:

@@ -21,6 +21,18 @@ class LockboxError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.code, "detail": self.detail, **self.extra}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Back from the writer process (lockbox.db.writer_process) as raised, whatever a subclass's
+        # __init__ takes: pickle would call it with the message alone.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[LockboxError], args: tuple[Any, ...], state: dict[str, Any]) -> LockboxError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidInput(LockboxError):
     code = "invalid_input"

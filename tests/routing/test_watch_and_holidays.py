@@ -14,7 +14,7 @@ from sqlalchemy import select
 from lockbox.audit.models import Alert
 from lockbox.db import Database
 from lockbox.routing.rules import Facts, RulesError, RuleStore, Sla, parse_rules, store_for
-from lockbox.routing.service import raise_rule_alerts
+from lockbox.routing.service import _raise_rule_alerts
 from lockbox.routing.watch import RulesWatcher
 from tests.routing.conftest import Routing
 
@@ -76,7 +76,7 @@ def test_two_processes_watching_one_bad_file_raise_one_alert(routing: Routing, r
     assert RulesWatcher(db).check() is True
     theirs.current()
     assert theirs.pending_alerts
-    db.write_sync(lambda s: raise_rule_alerts(s, store=theirs))
+    db.write_sync(lambda s: _raise_rule_alerts(s, theirs))
     assert len(_alerts(db)) == 1
     _rewrite(rules_file, "rules: still nope\n")  # a new bad version is a new alert
     assert RulesWatcher(db).check() is True

@@ -5,6 +5,7 @@ Services reach these through the session they are given, so they stay free of gl
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,19 +61,36 @@ def runtime_of(session: Session) -> Runtime:
     return runtime
 
 
-def after_commit(session: Session, callback: Callable[[], None]) -> None:
-    """Run ``callback`` once the unit's transaction is durably committed, never before."""
-    session.info.setdefault("after_commit", []).append(callback)
+# The test suite sets this: every unit's arguments, outcome and callbacks then make the round trip they would
+# make to the writer process and back (lockbox.db.writer_process), so whatever cannot travel fails a test.
+CHECK_CROSSING = False
+
+# What runs after a commit: a module-level function of the server's runtime and plain arguments. The unit
+# may run in the writer process (lockbox.db.writer_process); the callback then travels back by reference
+# and runs in the server, whose sockets, job workers and caches it is about.
+AfterCommit = Callable[..., None]
+
+
+def after_commit(session: Session, callback: AfterCommit, *args: Any) -> None:
+    """Run ``callback(runtime, *args)`` in the server once the unit's transaction is durably committed,
+    never before. ``callback`` must be a module-level function and ``args`` picklable."""
+    if CHECK_CROSSING:
+        callback, args = pickle.loads(pickle.dumps((callback, args), protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301
+    session.info.setdefault("after_commit", []).append((callback, args))
+
+
+def _publish(runtime: Runtime, users: list[str], event: dict[str, Any]) -> None:
+    runtime.publish(users, event)
+
+
+def _end_sessions(runtime: Runtime, ids: list[str], wipe: bool) -> None:
+    runtime.end_sessions(ids, wipe)
 
 
 def publish(session: Session, user_ids: Iterable[str], event: dict[str, Any]) -> None:
     """Queue a real-time event for these users, sent only if the unit commits."""
-    users = list(dict.fromkeys(user_ids))
-    runtime = runtime_of(session)
-    after_commit(session, lambda: runtime.publish(users, event))
+    after_commit(session, _publish, list(dict.fromkeys(user_ids)), event)
 
 
 def end_sessions(session: Session, session_ids: Iterable[str], *, wipe: bool = False) -> None:
-    ids = list(session_ids)
-    runtime = runtime_of(session)
-    after_commit(session, lambda: runtime.end_sessions(ids, wipe))
+    after_commit(session, _end_sessions, list(session_ids), wipe)

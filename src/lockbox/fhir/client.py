@@ -40,6 +40,9 @@ class _Transient(Exception):
         self.status = status
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:  # as raised, from the writer process too
+        return type(self), (self.status, self.retry_after)
+
 
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")

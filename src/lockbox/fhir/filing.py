@@ -43,6 +43,9 @@ class NotLinked(Exception):
         self.patient_id = patient_id
         self.status = status
 
+    def __reduce__(self) -> tuple[Any, ...]:  # as raised, from the writer process too
+        return type(self), (self.patient_id, self.status)
+
 
 @dataclass(frozen=True)
 class Filing:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from lockbox.access import policy
 from lockbox.access.actor import Actor
 from lockbox.audit.service import record
-from lockbox.db.uow import after_commit, runtime_of
+from lockbox.db.uow import Runtime, after_commit, runtime_of
 from lockbox.errors import Forbidden, InvalidInput, NotFound
 from lockbox.fhir import schemas
 from lockbox.fhir.exceptions import FhirNotConfigured
@@ -43,12 +43,14 @@ def patient_facts(session: Session, *, patient_id: str) -> tuple[str, date, Fhir
 
 def _forget_context(session: Session, user_id: str) -> None:
     """A patient's link changed: the cached context belongs to the old record, drop it once committed."""
-    settings = runtime_of(session).settings
-    if settings.fhir_base_url:
-        from lockbox.fhir.runtime import runtime_for
+    if runtime_of(session).settings.fhir_base_url:
+        after_commit(session, _drop_context, user_id)
 
-        cache = runtime_for(settings).cache
-        after_commit(session, lambda: cache.drop(user_id))
+
+def _drop_context(runtime: Runtime, user_id: str) -> None:
+    from lockbox.fhir.runtime import runtime_for
+
+    runtime_for(runtime.settings).cache.drop(user_id)
 
 
 def store_link(session: Session, *, user_id: str, kind: str, outcome: Outcome) -> None:

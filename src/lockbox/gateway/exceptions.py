@@ -11,7 +11,7 @@ class Bounce(Exception):
     The text names rules, never content or addresses."""
 
     def __init__(self, reply: str, reason: str) -> None:
-        super().__init__(reply)
+        super().__init__(reply, reason)  # both, so it comes back from the writer process as raised
         self.reply = reply
         self.reason = reason  # an identifier, for the audit row
 

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from lockbox.db.uow import after_commit, runtime_of
+from lockbox.db.uow import Runtime, after_commit, runtime_of
 from lockbox.identifiers import require_identifiers
 from lockbox.jobs.models import Job
 
@@ -74,6 +74,11 @@ def off_enqueue(callback: Callable[[], None]) -> None:
         _wakeups.remove(callback)
 
 
+def _wake_workers(_runtime: Runtime) -> None:
+    for wake in list(_wakeups):
+        wake()
+
+
 def _check_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return require_identifiers(payload, what="job payload", max_len=200)
 
@@ -98,9 +103,17 @@ def enqueue(
               run_at=run_at or now, attempts=0, max_attempts=max_attempts)
     session.add(job)
     session.flush()
-    for wake in _wakeups:
-        after_commit(session, wake)
+    after_commit(session, _wake_workers)
     return job.id
+
+
+def run_job(session: Session, *, job_id: str, kind: str, payload: dict[str, Any], worker: str) -> None:
+    """A claimed job whose handler works in the database: it and the job's end commit together."""
+    handler = handler_for(kind)
+    if handler is None or handler.external:
+        raise LookupError(f"no in-database handler for job kind {kind!r}")
+    handler.run(session, payload)
+    finish(session, job_id=job_id, worker=worker)
 
 
 @dataclass(frozen=True)

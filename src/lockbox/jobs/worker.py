@@ -10,8 +10,6 @@ import os
 import socket
 import threading
 
-from sqlalchemy.orm import Session
-
 from lockbox.db import Database
 from lockbox.jobs import service
 from lockbox.jobs.service import Claimed
@@ -49,11 +47,8 @@ class Worker:
                 handler.run(job.payload, db=self.db)
                 self.db.write_sync(service.finish, job_id=job.id, worker=self.name)
             else:
-                def _unit(session: Session) -> None:
-                    handler.run(session, job.payload)
-                    service.finish(session, job_id=job.id, worker=self.name)
-
-                self.db.write_sync(_unit)
+                self.db.write_sync(service.run_job, job_id=job.id, kind=job.kind, payload=job.payload,
+                                   worker=self.name)
         except Exception as exc:
             # The type only: an exception's message may quote data.
             log.warning("job %s (%s) failed: %s", job.id, job.kind, type(exc).__name__)

@@ -46,6 +46,9 @@ class RulesError(Exception):
         self.problems = problems
         super().__init__("; ".join(problems))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # as raised, from the writer process too
+        return type(self), (self.problems,)
+
 
 # -- values ------------------------------------------------------------------------------------------
 

@@ -89,7 +89,13 @@ def _raise_rule_alerts(session: Session, store: RuleStore) -> None:
     if not alerts:
         return
     event.listen(session, "after_soft_rollback", lambda *_: store.restore_alerts(alerts), once=True)
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", store.path.name)[:80]
+    raise_rule_alerts(session, rules_file=store.path.name, alerts=alerts)
+
+
+def raise_rule_alerts(session: Session, *, rules_file: str, alerts: list[tuple[int, list[str]]]) -> None:
+    """The alerts of refused versions of a rules file; also the watcher's unit of work (routing.watch), when no
+    message is on its way (it puts them back in its store if this fails)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", rules_file)[:80]
     for mtime, problems in alerts:
         # Every process watching the file notices the same bad version: one alert for it, not one each.
         version = f"{name}:{mtime}"[:64]
@@ -99,11 +105,6 @@ def _raise_rule_alerts(session: Session, store: RuleStore) -> None:
             continue
         raise_alert(session, kind="routing_rules_invalid", subject_type="routing_rules", subject_id=version,
                     rules_file=name, problems=len(problems))
-
-
-def raise_rule_alerts(session: Session, *, store: RuleStore) -> None:
-    """The watcher's unit of work (routing.watch): the same alert, when no message is on its way."""
-    _raise_rule_alerts(session, store)
 
 
 # -- phases --------------------------------------------------------------------------------------
@@ -237,6 +238,10 @@ class _Unscreened:
     """No emergency check has run on the text yet (``None`` is a check that found no emergency)."""
 
     def __repr__(self) -> str:
+        return "UNSCREENED"
+
+    def __reduce__(self) -> str:
+        # To the writer process and back as the module's one instance: callers compare with ``is``.
         return "UNSCREENED"
 
 

@@ -29,9 +29,14 @@ class RulesWatcher:
         from lockbox.routing.service import raise_rule_alerts
 
         self.store.check_now()
-        if not self.store.pending_alerts:
+        alerts = self.store.take_alerts()
+        if not alerts:
             return False
-        self.db.write_sync(raise_rule_alerts, store=self.store)
+        try:
+            self.db.write_sync(raise_rule_alerts, rules_file=self.store.path.name, alerts=alerts)
+        except BaseException:
+            self.store.restore_alerts(alerts)  # raised on the next look, or by the next decision
+            raise
         return True
 
     def _loop(self) -> None:

@@ -20,13 +20,17 @@ from sqlalchemy import create_engine, text
 from lockbox.app import build_database, create_app
 from lockbox.clock import FrozenClock
 from lockbox.config import Settings
-from lockbox.db import Database
+from lockbox.db import Database, uow
 from lockbox.db.all_models import metadata
 
 pytest_plugins = ["tests.clinic"]
 
 PG_ADMIN_DSN = os.environ.get("LOCKBOX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Every unit of work the suite runs crosses to the writer process and back, as in a server: its arguments,
+# outcome and after-commit callbacks are pickled and read again, so what could not travel fails here.
+uow.CHECK_CROSSING = True
 
 
 def _pg_reachable() -> str | None:

@@ -32,6 +32,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
 @contextmanager
 def seeded_database(settings: Settings) -> Iterator[Database]:
     """The database a server will run on, with the system clock (the server's), closed on exit."""
@@ -87,6 +97,17 @@ class ServerProcess(_Child):
     def for_settings(cls, settings: Settings, **kwargs: object) -> ServerProcess:
         return cls(settings.data_dir, settings.resolved_database_url, **kwargs)  # type: ignore[arg-type]
 
+    def writer_pid(self) -> int | None:
+        """The server's writer process (lockbox.db.writer_process), if it runs one."""
+        for pid in children(self.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"from lockbox.db.writer_process import main" in cmdline:
+                return pid
+        return None
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -104,6 +125,8 @@ class ServerProcess(_Child):
             "LOCKBOX_DATA_DIR": str(self.data_dir),
             "LOCKBOX_DATABASE_URL": self.database_url,
             "LOCKBOX_SMTP_GATEWAY_PORT": "0",
+            # The real clock here: the server commits in its writer process, as in production.
+            "LOCKBOX_WRITER_PROCESS": "true",
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,6 +64,19 @@ def _sender(base_url: str, n: int, who: Person, thread_id: str, killed: threadin
                     tally.errors.append(f"{r.status_code} {r.text[:200]}")
 
 
+def _wait_gone(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            return
+        if status == "Z":  # exited; its parent (init, the server being dead) reaps it
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"writer process {pid} outlived its server")
+
+
 def _audit_verify(server: ServerProcess) -> None:
     if importlib.util.find_spec("lockbox.audit.cli") is None:
         return  # `lockbox audit verify` is not there yet
@@ -72,7 +86,8 @@ def _audit_verify(server: ServerProcess) -> None:
 
 
 @pytest.mark.slow
-def test_acknowledged_replies_survive_sigkill(settings: Settings) -> None:
+@pytest.mark.parametrize("writer_process", ["true", "false"], ids=["writer-process", "writer-thread"])
+def test_acknowledged_replies_survive_sigkill(settings: Settings, writer_process: str) -> None:
     with seeded_database(settings) as db:
         make_team(db, "team-a")
         nurse = make_user(db, "nurse", care_teams=["team-a"])
@@ -81,8 +96,11 @@ def test_acknowledged_replies_survive_sigkill(settings: Settings) -> None:
 
     # Four senders per patient account go faster than any person can type: the rate limit would answer
     # 429, which is right for a person and beside the point here (what was acknowledged survives).
-    server = ServerProcess.for_settings(settings, env={"LOCKBOX_RATE_LIMITS_ENABLED": "false"})
+    server = ServerProcess.for_settings(settings, env={"LOCKBOX_RATE_LIMITS_ENABLED": "false",
+                                                       "LOCKBOX_WRITER_PROCESS": writer_process})
     server.start()
+    writer = server.writer_pid()
+    assert (writer is not None) == (writer_process == "true")
     try:
         threads: list[str] = []
         for p in patients:
@@ -108,6 +126,9 @@ def test_acknowledged_replies_survive_sigkill(settings: Settings) -> None:
         assert server.proc is not None and server.proc.poll() is None, "the server died on its own"
         server.kill()
         killed.set()
+        if writer is not None:
+            # The server's writer ends with it: it commits what it was sent (unacknowledged) and exits.
+            _wait_gone(writer)
         for w in workers:
             w.join(timeout=15)
         assert not any(w.is_alive() for w in workers)

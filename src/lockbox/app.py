@@ -65,6 +65,12 @@ def triage_processes(settings: Settings) -> int:
     return 0 if settings.env == "test" else 1
 
 
+def writer_process(settings: Settings) -> bool:
+    if settings.writer_process is not None:
+        return settings.writer_process
+    return settings.env != "test"
+
+
 def _freeze_heap() -> None:
     """Keep the cyclic garbage collector off the long-lived heap (the triage lexicon and model, routes,
     schemas): every collection of the oldest generation walked all of it, and under load the collector
@@ -85,6 +91,9 @@ def create_app(
     """The whole server. ``workers`` in-process job workers run beside it (0 when separate
     ``lockbox worker`` processes do the background work)."""
     settings = settings or load_settings()
+    if clock is not None and writer_process(settings):
+        # The writer process keeps the system's time: a clock of the caller's would not reach it.
+        raise ValueError("a clock of one's own needs writer_process off (env=test turns it off)")
     hub = make_hub(settings)
     db = build_database(settings, clock=clock, hub=hub)
     if migrate:
@@ -96,6 +105,9 @@ def create_app(
 
         loop = asyncio.get_running_loop()
         hub.bind(loop)
+        if writer_process(settings):
+            # Before anything writes: from here on the server's units commit in the writer process.
+            await anyio.to_thread.run_sync(db.start_writer_process, settings)
         screening: ScreeningPool | None = None
         if triage_processes(settings):
             screening = app.state.lockbox_screening = ScreeningPool(triage_processes(settings))

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Helper processes that run the emergency check of patients' replies on another core (0: in the
     # server); unset: one, none when env is "test".
     triage_processes: int | None = Field(default=None, ge=0, le=8)
+    # Units of work committed by a process of the server's own, off the HTTP stack's interpreter lock
+    # (lockbox.db.writer_process); unset: on, off when env is "test" (its clock is the tests' to move).
+    writer_process: bool | None = None
     # Signed audit checkpoint every N rows (and at shutdown).
     audit_checkpoint_every: int = Field(default=1000, ge=1)
     # Notifications (PHI-free). Email goes over SMTP when smtp_host is set, else to the file provider.

@@ -15,7 +15,7 @@ from lockbox.db import Database
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"env": "production"})
+    return settings.model_copy(update={"env": "production", "writer_process": False})
 
 
 def test_production_refuses_auth_without_tls(client: TestClient, clinic: Clinic, db: Database,

@@ -30,8 +30,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from lockbox.db import uow
 from lockbox.db.prepared import PENDING_SAVEPOINT
-from lockbox.db.uow import RESOLVES_CREDENTIALS, Credentials, Runtime
+from lockbox.db.uow import RESOLVES_CREDENTIALS, AfterCommit, Credentials, Runtime
+from lockbox.db.writer_process import WriterProcess, crossed, sendable
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,7 @@ class _Unit:
     future: Future[Any] | None = None
     waiter: asyncio.Future[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    uid: int | None = None  # in the writer process: the server's number for it
 
 
 def _lock_order(unit: _Unit) -> tuple[bool, str]:
@@ -273,6 +276,23 @@ class Database:
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
         self._closed = False
+        self.closing = False
+        self._process: WriterProcess | None = None
+
+    def start_writer_process(self, settings: Any) -> None:
+        """From now on, units of work run in a process of their own (lockbox.db.writer_process)."""
+        process = WriterProcess(self)
+        process.start(settings)
+        self._process = process
+
+    @property
+    def writer_process(self) -> WriterProcess | None:
+        return self._process
+
+    def writer_ready(self) -> bool:
+        """False while the writer process is still starting (it warms the triage engine first)."""
+        process = self._process
+        return process is None or process.ready.is_set() or process.gone.is_set()
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -323,6 +343,12 @@ class Database:
     def _enqueue(self, unit: _Unit) -> None:
         if self._closed:
             raise RuntimeError("database is closed")
+        if uow.CHECK_CROSSING and sendable(unit.fn):
+            with contextlib.suppress(Exception):  # what does not pickle is written in the server (below)
+                unit.kwargs = crossed(unit.kwargs)
+        process = self._process
+        if process is not None and process.send(unit):
+            return
         self._ensure_writer()
         self._queue.put(unit)
 
@@ -389,7 +415,7 @@ class Database:
                         log.warning("batch of %d units hit %s; running it again", len(batch), type(exc).__name__)
                     else:
                         log.error("commit failed for a batch of %d units: %s", len(batch), type(exc).__name__)
-                        _settle([(unit, False, exc) for unit in batch])
+                        self.deliver([(unit, False, exc) for unit in batch])
                         batch = []
                 if not batch:
                     break
@@ -417,7 +443,7 @@ class Database:
         added to ``winners``."""
         from lockbox.audit.chain import seal
 
-        done: list[tuple[_Unit, Any, list[Callable[[], None]]]] = []
+        done: list[tuple[_Unit, Any, list[tuple[AfterCommit, tuple[Any, ...]]]]] = []
         failed: list[tuple[_Unit, bool, Any]] = []
         again: list[_Unit] = []
         audit_entries: list[Any] = []
@@ -454,7 +480,7 @@ class Database:
         except BaseException as exc:
             if retry and _transient(exc):
                 raise  # the whole batch runs again; nobody has been answered
-            _settle(failed)  # their own errors; the caller fails the rest with the commit's
+            self.deliver(failed)  # their own errors; the caller fails the rest with the commit's
             raise
         # Committed: from here on nothing may turn an acknowledged unit into a failure. The head is
         # recorded first, so whoever is acknowledged can already find it outside the database.
@@ -463,26 +489,42 @@ class Database:
                 self.runtime.audit_head(*head)
             except Exception as exc:  # the type only: an exception's text may quote data
                 log.error("could not record the audit head outside the database: %s", type(exc).__name__)
-        _settle(failed + [(unit, True, result) for unit, result, _ in done])
-        for _, _, callbacks in done:
-            for cb in callbacks:
-                try:
-                    cb()
-                except Exception as exc:
-                    log.error("after-commit callback failed: %s", type(exc).__name__)
+        self.deliver(failed + [(unit, True, result) for unit, result, _ in done])
+        self.run_after_commit([cb for _, _, callbacks in done for cb in callbacks])
         return again
 
-    def close(self) -> None:
+    def deliver(self, outcomes: list[tuple[_Unit, bool, Any]]) -> None:
+        """Hand committed (or failed) units their outcome; the writer process sends them back instead."""
+        if uow.CHECK_CROSSING:
+            outcomes = [(unit, *_crossed_outcome(unit, ok, value)) for unit, ok, value in outcomes]
+        _settle(outcomes)
+
+    def run_after_commit(self, callbacks: list[tuple[AfterCommit, tuple[Any, ...]]]) -> None:
+        """Run committed units' callbacks (in the server: the writer process sends them back here)."""
+        for fn, args in callbacks:
+            try:
+                fn(self.runtime, *args)
+            except Exception as exc:
+                log.error("after-commit callback failed: %s", type(exc).__name__)
+
+    def close(self, *, checkpoint: bool = True) -> None:
         if self._closed:
             return
-        if self._writer is not None:
+        process = self._process
+        if checkpoint and (self._writer is not None or process is not None):
             from lockbox.audit.chain import checkpoint_head
 
-            # Sign the head at shutdown, so a later cut of the tail is provable from the database alone.
+            # Sign the head at shutdown, so a later cut of the tail is provable from the database alone. The
+            # units sent before are committed first: in their batch the head would not be sealed yet (and
+            # the checkpoint, touching no thread, would run first in it).
             try:
+                self.write_sync(_nothing)
                 self.write_sync(checkpoint_head)
             except Exception as exc:
                 log.error("could not sign the audit head at shutdown: %s", type(exc).__name__)
+        self.closing = True
+        if process is not None:
+            process.stop()
         self._closed = True
         if self._writer is not None:
             self._queue.put(None)
@@ -490,6 +532,21 @@ class Database:
         self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             self.write_engine.dispose()
+
+
+def _nothing(_session: Session) -> None:
+    """A unit that only waits for the ones before it to commit."""
+
+
+def _crossed_outcome(unit: _Unit, ok: bool, value: Any) -> tuple[bool, Any]:
+    """The test suite's check (``uow.CHECK_CROSSING``): an outcome as the writer process would send it."""
+    if not sendable(unit.fn):
+        return ok, value
+    try:
+        return ok, crossed(value)
+    except Exception as exc:
+        name = getattr(unit.fn, "__qualname__", "?")
+        return False, AssertionError(f"the outcome of {name} cannot come back from the writer process: {exc!r}")
 
 
 def alembic_config(url: str) -> Any:

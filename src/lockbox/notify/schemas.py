@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime, time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 Status = Literal["queued", "sending", "sent", "suppressed", "failed"]
 
@@ -18,9 +18,14 @@ class PreferencesIn(BaseModel):
     timezone: str = Field(default="UTC", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$")
 
 
+# Quiet hours are wall-clock times in ``timezone``, kept to the minute without an offset: "21:00:00". JSON
+# Schema's "time" format requires an offset, so the answer documents its own shape.
+LocalTime = Annotated[time, WithJsonSchema({"type": "string", "pattern": r"^\d{2}:\d{2}:\d{2}$"})]
+
+
 class PreferencesOut(BaseModel):
-    quiet_from: time | None
-    quiet_to: time | None
+    quiet_from: LocalTime | None
+    quiet_to: LocalTime | None
     timezone: str
 
 

@@ -72,6 +72,8 @@ async def readyz(request: Request, db: Db) -> JSONResponse:
     checks["keys"] = await anyio.to_thread.run_sync(_keys_ready, request)
     # Until the triage engine is built (seconds after start) a patient's message would wait for it.
     checks["triage"] = classify.is_warm()
+    if db.writer_process is not None:  # it warms its own triage engine before taking units
+        checks["writer"] = db.writer_ready()
     ok = all(checks.values())
     return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)
 

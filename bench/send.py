@@ -188,7 +188,11 @@ def bench_backend(backend: str, wrk: str, seconds: int, senders: tuple[int, ...]
             server = ServerProcess.for_settings(settings, env={"LOCKBOX_ENV": "production",
                                                                "LOCKBOX_PROXY_HEADERS": "true",
                                                                "LOCKBOX_TRUSTED_PROXIES": "127.0.0.1",
-                                                               "LOCKBOX_RATE_SEND_ACCOUNT": SEND_LIMIT})
+                                                               "LOCKBOX_RATE_SEND_ACCOUNT": SEND_LIMIT,
+                                                               # To compare settings: the bench's own LOCKBOX_*.
+                                                               **{k: v for k, v in os.environ.items()
+                                                                  if k.startswith("LOCKBOX_")
+                                                                  and k not in ("LOCKBOX_TEST_PG",)}})
             server.start()
             try:
                 return _measure(backend, wrk, seconds, server, workdir, patients, nurses, senders)

@@ -398,43 +398,49 @@ class Database:
                     stop = True
                     break
                 batch.append(nxt)
-            batch.sort(key=_lock_order)
-            for attempt in range(_RETRIES + 1):
-                last = attempt == _RETRIES
-                winners: set[int] = set()
-                try:
-                    conn = self._connected(conn)
-                    batch = self._run_batch(conn, batch, retry=not last, winners=winners)
-                except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
-                    if conn is not None:
-                        if (xid := _winner(exc, conn)) is not None:
-                            winners.add(xid)
-                        conn.close()
-                        conn = None
-                    if _transient(exc) and not last:
-                        log.warning("batch of %d units hit %s; running it again", len(batch), type(exc).__name__)
-                    else:
-                        log.error("commit failed for a batch of %d units: %s", len(batch), type(exc).__name__)
-                        self.deliver([(unit, False, exc) for unit in batch])
-                        batch = []
-                if not batch:
-                    break
-                if winners:
-                    try:
-                        conn = self._connected(conn)
-                        _await_transactions(conn, winners)
-                        continue
-                    except Exception as exc:  # the wait is an optimisation: the retry is right without it
-                        log.warning("could not wait for a deadlock's winner: %s", type(exc).__name__)
-                        if conn is not None:
-                            conn.close()
-                            conn = None
-                # Let the other writer's batch commit first; jitter, so two writers do not meet again in step.
-                time.sleep(random.uniform(0.001, 0.004) * 2**attempt)
+            conn = self.commit_batch(conn, batch)
             if stop:
                 break
         if conn is not None:
             conn.close()
+
+    def commit_batch(self, conn: Connection | None, batch: list[_Unit]) -> Connection | None:
+        """Run, commit and answer one batch, running it again after a deadlock; returns the connection
+        to use for the next (None once it was closed). The writer thread's loop, and the writer process's."""
+        batch = sorted(batch, key=_lock_order)
+        for attempt in range(_RETRIES + 1):
+            last = attempt == _RETRIES
+            winners: set[int] = set()
+            try:
+                conn = self._connected(conn)
+                batch = self._run_batch(conn, batch, retry=not last, winners=winners)
+            except BaseException as exc:  # the whole batch failed to commit: nobody is acknowledged
+                if conn is not None:
+                    if (xid := _winner(exc, conn)) is not None:
+                        winners.add(xid)
+                    conn.close()
+                    conn = None
+                if _transient(exc) and not last:
+                    log.warning("batch of %d units hit %s; running it again", len(batch), type(exc).__name__)
+                else:
+                    log.error("commit failed for a batch of %d units: %s", len(batch), type(exc).__name__)
+                    self.deliver([(unit, False, exc) for unit in batch])
+                    batch = []
+            if not batch:
+                break
+            if winners:
+                try:
+                    conn = self._connected(conn)
+                    _await_transactions(conn, winners)
+                    continue
+                except Exception as exc:  # the wait is an optimisation: the retry is right without it
+                    log.warning("could not wait for a deadlock's winner: %s", type(exc).__name__)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+            # Let the other writer's batch commit first; jitter, so two writers do not meet again in step.
+            time.sleep(random.uniform(0.001, 0.004) * 2**attempt)
+        return conn
 
     def _run_batch(self, conn: Connection, batch: list[_Unit], *, retry: bool = False,
                    winners: set[int] | None = None) -> list[_Unit]:

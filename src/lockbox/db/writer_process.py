@@ -282,19 +282,27 @@ def _child(fd: int) -> None:
     send([frame(("ready",))])
     from lockbox.db.engine import _Unit
 
+    # This thread reads and commits in turn: everything that arrived while a batch committed is the next
+    # batch (group commit without a hand-over between threads).
+    conn = None
     try:
-        for batch in itertools.chain([early], incoming):
-            for uid, data in batch:
+        for received in itertools.chain([early], incoming):
+            units = []
+            for uid, data in received:
                 try:
                     fn, kwargs = pickle.loads(data)  # noqa: S301 (from our own server)
                 except Exception as exc:
                     log.error("writer process: a unit could not be read: %s", type(exc).__name__)
                     deliver([(_Unit(_unreadable, {}, uid=uid), False, CrossingError("a unit could not be read"))])
                     continue
-                db._enqueue(_Unit(fn, kwargs, uid=uid))
+                units.append(_Unit(fn, kwargs, uid=uid))
+            for at in range(0, len(units), db.batch_max):
+                conn = db.commit_batch(conn, units[at:at + db.batch_max])
     finally:
-        # The server closed its end (shutdown, or it died): finish what was sent, then exit. The server
+        # The server closed its end (shutdown, or it died): what it sent is committed above. The server
         # signs the audit head itself before closing (through this process), so no second checkpoint.
+        if conn is not None:
+            conn.close()
         db.close(checkpoint=False)
 
 

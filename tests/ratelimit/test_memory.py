@@ -67,10 +67,11 @@ def test_the_counters_answer_like_the_redis_script(tmp_path: Path, redis_url: st
     try:
         first = asyncio.run(asyncio.wait_for(run(redis_prefix), 60))
         if first is not None:
-            again = asyncio.run(asyncio.wait_for(run(redis_prefix + ":again"), 60))
+            again = asyncio.run(asyncio.wait_for(run(redis_prefix + "-again"), 60))
             assert again is None, (first, again)
     finally:
         _clear(redis_url, redis_prefix)
+        _clear(redis_url, redis_prefix + "-again")
 
 
 def test_a_refusal_counts_only_against_the_limits_before_the_refusing_one() -> None:

@@ -177,20 +177,26 @@ class WriterProcess:
                 callbacks = []
                 for kind, *rest in batch:
                     if kind == "r":
-                        uid, ok, value = rest
+                        uid, ok, payload = rest
                         with self._lock:
                             unit = self._pending.pop(uid, None)
                         if unit is not None:
-                            outcomes.append((unit, ok, value))
+                            outcomes.append((unit, *_opened(ok, payload)))
                     elif kind == "c":
-                        callbacks.extend(rest[0])
+                        try:
+                            callbacks.extend(pickle.loads(rest[0]))  # noqa: S301 (our own child)
+                        except Exception as exc:
+                            log.error("writer process: after-commit callbacks unreadable: %s", type(exc).__name__)
                     elif kind == "ready":
                         self.ready.set()
                 if outcomes:
                     _settle(outcomes)
                 self.db.run_after_commit(callbacks)
         except Exception as exc:  # the type only: a frame may hold data
+            # The stream cannot be trusted past this: end the child, then fail what it had.
             log.error("writer process: reading its answers failed: %s", type(exc).__name__)
+            if self._proc is not None:
+                self._proc.kill()
         self._ended()
 
     def _ended(self) -> None:
@@ -223,6 +229,15 @@ class WriterProcess:
             self._reader.join(timeout)
 
 
+def _opened(ok: bool, payload: bytes) -> tuple[bool, Any]:
+    """A unit's outcome, pickled on its own so that one that cannot be read fails that unit alone."""
+    try:
+        return ok, pickle.loads(payload)  # noqa: S301 (our own child)
+    except Exception as exc:
+        log.error("writer process: an outcome could not be read: %s", type(exc).__name__)
+        return False, CrossingError("a unit's outcome could not be read")
+
+
 # -- the child ---------------------------------------------------------------------------------------
 
 
@@ -252,18 +267,21 @@ def _child(fd: int) -> None:
                 local.append((unit, ok, value))
                 continue
             try:
-                out.append(frame(("r", unit.uid, ok, value)))
+                payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 log.error("writer process: the outcome of %s could not be sent back: %s",
                           getattr(unit.fn, "__qualname__", "a unit"), type(exc).__name__)
-                out.append(frame(("r", unit.uid, False, CrossingError("a unit's outcome could not be sent back"))))
+                ok, payload = False, pickle.dumps(CrossingError("a unit's outcome could not be sent back"))
+            out.append(frame(("r", unit.uid, ok, payload)))
         if out:
             send(out)
         _settle(local)
 
     def after_commit(callbacks: list[tuple[Any, tuple[Any, ...]]]) -> None:
+        if not callbacks:
+            return
         try:
-            send([frame(("c", callbacks))])
+            send([frame(("c", pickle.dumps(callbacks, protocol=pickle.HIGHEST_PROTOCOL)))])
         except Exception as exc:
             log.error("writer process: after-commit callbacks not sent: %s", type(exc).__name__)
 

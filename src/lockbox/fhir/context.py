@@ -159,7 +159,7 @@ def refresh(rt: FhirRuntime, *, patient_id: str, fhir_patient_id: str, now: date
     return rt.refresh_soon(patient_id, run)
 
 
-# -- serving routing (in the writer thread: database and memory only) -------------------------------
+# -- serving routing (in the writer, a process or thread: database and memory only) ------------------------
 
 
 class FhirContextProvider:

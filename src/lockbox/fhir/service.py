@@ -42,8 +42,12 @@ def patient_facts(session: Session, *, patient_id: str) -> tuple[str, date, Fhir
 
 
 def _forget_context(session: Session, user_id: str) -> None:
-    """A patient's link changed: the cached context belongs to the old record, drop it once committed."""
-    if runtime_of(session).settings.fhir_base_url:
+    """A patient's link changed: the cached context belongs to the old record. Routing reads it in the process
+    that runs units (the writer process, lockbox.db.writer_process): dropped there now (a drop for a unit that
+    rolls back only costs a refetch), and in the server, whose match jobs warm its own, once committed."""
+    runtime = runtime_of(session)
+    if runtime.settings.fhir_base_url:
+        _drop_context(runtime, user_id)
         after_commit(session, _drop_context, user_id)
 
 

@@ -6,7 +6,6 @@ Usage: .venv/bin/python bench/send.py [--backend sqlite|postgresql|both] [--dura
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
 
 import httpx  # noqa: E402
-from bench.common import cpu_seconds, pg_database  # noqa: E402
+from bench.common import children_cpu_seconds, cpu_seconds, pg_database  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from tests.factories import Person, make_pool, make_team, make_user  # noqa: E402
@@ -79,7 +78,7 @@ class Run:
     p50_ms: float
     p99_ms: float
     server_cpu: float
-    helpers_cpu: float  # the server's emergency-check helper processes
+    helpers_cpu: float  # the server's child processes: its writer process and emergency-check helpers
     wrk_cpu: float
 
     @property
@@ -112,23 +111,9 @@ def ensure_wrk() -> str:
     return found
 
 
-def _helpers_cpu_seconds(pid: int) -> float:
-    """CPU of the server's child processes (the emergency-check helpers), alive ones only."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            with contextlib.suppress(OSError):  # it exited meanwhile
-                total += cpu_seconds(int(child))
-    return total
-
-
 def run_wrk(wrk: str, server: ServerProcess, path: str, script: Path, connections: int, seconds: int) -> Run:
     before_server = cpu_seconds(server.pid)
-    before_helpers = _helpers_cpu_seconds(server.pid)
+    before_helpers = children_cpu_seconds(server.pid)
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     # One wrk thread: with 2 cores the generator must leave the server a core of its own.
     out = subprocess.run(
@@ -138,7 +123,7 @@ def run_wrk(wrk: str, server: ServerProcess, path: str, script: Path, connection
     ).stdout
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_cpu = cpu_seconds(server.pid) - before_server
-    helpers_cpu = _helpers_cpu_seconds(server.pid) - before_helpers
+    helpers_cpu = children_cpu_seconds(server.pid) - before_helpers
     wrk_cpu = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime
                                                                        - before_children.ru_stime)
     line = next(ln for ln in out.splitlines() if ln.startswith("BENCH_JSON "))
@@ -257,9 +242,9 @@ def report(rows: list[Row], seconds: int) -> None:
                       f"{1000 * r.send.server_cpu / r.send.rate:.2f}", f"{1000 * r.ping.server_cpu / r.ping.rate:.3f}")
     console.print(table)
     console.print("ceiling = the best GET /api/v1/ping rate of that server; CPU is per core during the send run "
-                  "(100% = one core; helpers = the server's emergency-check processes); stored = replies found "
-                  "afterwards (must be ≥ the 201s); ms/msg and ms/ping = the server's CPU per request, steadier "
-                  "than rates on a shared machine when comparing two versions.")
+                  "(100% = one core; helpers = the server's writer process and emergency-check helpers); "
+                  "stored = replies found afterwards (must be ≥ the 201s); ms/msg and ms/ping = the server's CPU "
+                  "per request, steadier than rates on a shared machine when comparing two versions.")
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
 
 import psycopg  # noqa: E402
 from tests.factories import Person, make_pool, make_team, make_user  # noqa: E402
+from tests.serverproc import children  # noqa: E402
 
 from lockbox.db import Database  # noqa: E402
 
@@ -118,15 +119,7 @@ def cpu_seconds(pid: int) -> float:
 
 def children_cpu_seconds(pid: int) -> float:
     """CPU of a server's live child processes (its writer process and emergency-check helpers)."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            total += cpu_seconds(int(child))  # 0 if it exited meanwhile
-    return total
+    return sum(cpu_seconds(child) for child in children(pid))  # 0 for one that exited meanwhile
 
 
 def rss_mib(pid: int) -> float:

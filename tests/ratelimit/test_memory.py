@@ -26,6 +26,13 @@ class Clock:
         return self.now
 
 
+# When attempts fall: the previous window's count weighs (1 - elapsed share of the current window), so an
+# attempt landing where that weighted count is a whole number is decided by microseconds between the two
+# calls. 0.15 s steps put step 12 exactly there (5 * 0.2 = 1.0); these keep every step at least 10 ms of time
+# from such an instant for both windows (1 s, 2 s) and any previous count up to 8 (computed, not guessed).
+STEP_S = 0.167
+OFFSET_S = 0.01
+
 def _settings(tmp_path: Path, **limits: str) -> Settings:
     return Settings(env="test", data_dir=tmp_path).model_copy(update=limits)
 
@@ -60,7 +67,7 @@ def test_the_counters_answer_like_the_redis_script(tmp_path: Path, redis_url: st
             if redis_says is not None and memory_says is not None:
                 assert abs(redis_says - memory_says) <= 1, (step, redis_says, memory_says)
             answers.append(memory_says)
-            await _at(started + 0.15 * (step + 1))
+            await _at(started + OFFSET_S + STEP_S * (step + 1))
         assert answers.count(None) >= 5 and len(answers) - answers.count(None) >= 5
         return None
 

@@ -19,6 +19,12 @@ from lockbox.config import Settings
 from lockbox.errors import Throttled
 from lockbox.ratelimit import RateLimits
 
+# When attempts fall: the previous window's count weighs (1 - elapsed share of the current window), so an
+# attempt landing where that weighted count is a whole number is decided by microseconds between the two
+# calls. 0.15 s steps put step 12 exactly there (5 * 0.2 = 1.0); these keep every step at least 10 ms of time
+# from such an instant for both windows (1 s, 2 s) and any previous count up to 8 (computed, not guessed).
+STEP_S = 0.167
+OFFSET_S = 0.01
 
 def _settings(tmp_path: Path, redis_url: str, prefix: str, **limits: str) -> Settings:
     return Settings(env="test", data_dir=tmp_path, redis_url=redis_url,
@@ -72,7 +78,7 @@ def test_the_script_answers_and_counts_like_one_limits_hit_per_limit(
 
     async def test() -> None:
         # The address limit (5/s) refuses when two accounts share it; the account's 3/s and its 7/2s
-        # refuse in turn. Attempts 0.15 s apart stay away from the 1 s window boundaries.
+        # refuse in turn.
         started = time.monotonic()
         for step in range(16):
             who = {"account": "u2" if step % 4 == 3 else "u1", "address": "192.0.2.1"}
@@ -80,7 +86,7 @@ def test_the_script_answers_and_counts_like_one_limits_hit_per_limit(
             assert (before is None) == (after is None), (step, before, after)
             if before is not None and after is not None:
                 assert abs(before - after) <= 1, (step, before, after)
-            await _at(started + 0.15 * (step + 1))
+            await _at(started + OFFSET_S + STEP_S * (step + 1))
 
     try:
         _run(test)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -34,6 +34,9 @@ from lockbox.db import uow
 from lockbox.db.prepared import PENDING_SAVEPOINT
 from lockbox.db.uow import RESOLVES_CREDENTIALS, AfterCommit, Credentials, Runtime
 from lockbox.db.writer_process import WriterProcess, crossed, sendable
+
+if TYPE_CHECKING:
+    from lockbox.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +282,7 @@ class Database:
         self.closing = False
         self._process: WriterProcess | None = None
 
-    def start_writer_process(self, settings: Any) -> None:
+    def start_writer_process(self, settings: Settings) -> None:
         """From now on, units of work run in a process of their own (lockbox.db.writer_process)."""
         process = WriterProcess(self)
         process.start(settings)

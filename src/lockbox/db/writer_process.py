@@ -256,7 +256,9 @@ def _child(fd: int) -> None:
 
     def send(items: list[Any]) -> None:
         data = b"".join(items)
-        with send_lock:
+        # The server gone: nobody is waiting for these answers, and its end of file ends the loop below
+        # once what it sent is committed.
+        with send_lock, contextlib.suppress(OSError):
             sock.sendall(data)
 
     def deliver(outcomes: list[tuple[_Unit, bool, Any]]) -> None:

@@ -45,7 +45,7 @@ _BUFFER = 4 << 20  # bytes each way: a burst of requests never blocks the event 
 class WriterGone(ServiceUnavailable):
     """The writer process ended while this unit was with it: it may or may not have been committed."""
 
-    def __init__(self, detail: str = "the database writer restarted; try again") -> None:
+    def __init__(self, detail: str = "The database writer stopped while saving this; try again.") -> None:
         super().__init__(detail)
 
 
@@ -79,20 +79,21 @@ def frames(sock: socket.socket) -> Iterator[list[Any]]:
             yield out
 
 
-_sendable: dict[Any, bool] = {}
+# Module-level functions only: a closure is a new object at every call, and keeping the answer for it would
+# keep it (and what it closes over) alive for good.
+_sendable: set[Any] = set()
 
 
 def sendable(fn: Any) -> bool:
     """Whether ``fn`` can travel by reference (a module-level function or method)."""
-    known = _sendable.get(fn)
-    if known is None:
-        try:
-            pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
-            known = True
-        except Exception:
-            known = False
-        _sendable[fn] = known
-    return known
+    if fn in _sendable:
+        return True
+    try:
+        pickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return False
+    _sendable.add(fn)
+    return True
 
 
 def crossed(value: Any) -> Any:

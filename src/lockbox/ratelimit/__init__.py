@@ -107,13 +107,15 @@ class RateLimits:
         # one is given (the tests hold the other two to it).
         self._redis: aioredis.Redis | None = None
         self._limiter: SlidingWindowCounterRateLimiter | None = None
-        self._counters = WindowCounters()
+        self._counters: WindowCounters | None = None
         if storage is not None:
             self._limiter = SlidingWindowCounterRateLimiter(storage)
         elif settings.redis_url:
             self._redis = _redis_client(settings.redis_url)
             self._acquire = self._redis.register_script(_ACQUIRE_IN_ORDER)
             self._key_prefix = f"{settings.redis_prefix}:ratelimit"
+        else:
+            self._counters = WindowCounters()
         self.rules: dict[tuple[Action, str], list[RateLimitItem]] = {
             (action, scope): parse_many(getattr(settings, f"rate_{action}_{scope}"))
             for action in ACTIONS for scope in ("account", "address")
@@ -166,6 +168,7 @@ class RateLimits:
                             current_ttl_ms / 1000)
 
     def _check_in_memory(self, counted: Counted) -> int | None:
+        assert self._counters is not None, "counters in memory are only for a process without Redis"
         refused = self._counters.acquire_in_order(
             [(item.amount, item.get_expiry(), item.key_for(*identifiers)) for item, identifiers in counted])
         if refused is None:
